@@ -1,0 +1,167 @@
+//! One path of a multi-path block: a thin residual branch with its own convolutions and batch
+//! norms, so a path that is off costs nothing.
+
+use burn::config::Config;
+use burn::module::{Initializer, Module};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::tensor::activation::relu;
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+/// The residual unit a path is cut from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BlockKind {
+    /// Two 3x3 convolutions (ResNet-18/34): `conv3x3(C_in -> p, stride) -> conv3x3(p -> C_out)`.
+    Basic,
+    /// 1x1, 3x3, 1x1 (ResNet-50/101, stride on the 3x3 as torchvision's v1.5):
+    /// `conv1x1(C_in -> p) -> conv3x3(p -> p, stride) -> conv1x1(p -> C_out)`.
+    Bottleneck,
+}
+
+impl BlockKind {
+    /// Output channels per unit of stage width (1 for basic, 4 for bottleneck blocks).
+    pub fn expansion(self) -> usize {
+        match self {
+            Self::Basic => 1,
+            Self::Bottleneck => 4,
+        }
+    }
+}
+
+/// Configuration of one [`Path`].
+#[derive(Config, Debug)]
+pub struct PathConfig {
+    /// Residual unit the path is cut from.
+    pub kind: BlockKind,
+    /// Channels of the block input.
+    pub channels_in: usize,
+    /// Inner width `p` of the path.
+    pub path_width: usize,
+    /// Channels of the block output.
+    pub channels_out: usize,
+    /// Stride of the block (on the first 3x3 convolution).
+    #[config(default = 1)]
+    pub stride: usize,
+}
+
+/// A 2-D convolution without bias, "same" padding for odd kernels, Kaiming-normal (fan-out)
+/// weights as torchvision's ResNet.
+pub(crate) fn conv<B: Backend>(
+    channels_in: usize,
+    channels_out: usize,
+    kernel: usize,
+    stride: usize,
+    device: &B::Device,
+) -> Conv2d<B> {
+    let pad = kernel / 2;
+    Conv2dConfig::new([channels_in, channels_out], [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+        .with_bias(false)
+        .with_initializer(Initializer::KaimingNormal {
+            gain: 2f64.sqrt(),
+            fan_out_only: true,
+        })
+        .init(device)
+}
+
+/// Output size of a convolution or pooling window along one axis: `(size + 2·pad − kernel) / stride + 1`.
+pub fn conv_out_size(size: usize, kernel: usize, stride: usize, pad: usize) -> usize {
+    (size + 2 * pad - kernel) / stride + 1
+}
+
+impl PathConfig {
+    /// Builds the path.
+    ///
+    /// # Panics
+    /// If a width or the stride is zero.
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Path<B> {
+        assert!(
+            self.channels_in > 0 && self.path_width > 0 && self.channels_out > 0 && self.stride > 0,
+            "path channels_in={}, path_width={}, channels_out={}, stride={} must all be positive",
+            self.channels_in,
+            self.path_width,
+            self.channels_out,
+            self.stride
+        );
+        let (p, s) = (self.path_width, self.stride);
+        match self.kind {
+            BlockKind::Basic => Path {
+                conv1: conv(self.channels_in, p, 3, s, device),
+                bn1: BatchNormConfig::new(p).init(device),
+                conv2: conv(p, self.channels_out, 3, 1, device),
+                bn2: BatchNormConfig::new(self.channels_out).init(device),
+                conv3: None,
+                bn3: None,
+            },
+            BlockKind::Bottleneck => Path {
+                conv1: conv(self.channels_in, p, 1, 1, device),
+                bn1: BatchNormConfig::new(p).init(device),
+                conv2: conv(p, p, 3, s, device),
+                bn2: BatchNormConfig::new(p).init(device),
+                conv3: Some(conv(p, self.channels_out, 1, 1, device)),
+                bn3: Some(BatchNormConfig::new(self.channels_out).init(device)),
+            },
+        }
+    }
+
+    /// Parameters of the path: convolution weights and batch-norm scales and shifts.
+    pub fn param_count(&self) -> usize {
+        let (c_in, p, c_out) = (self.channels_in, self.path_width, self.channels_out);
+        match self.kind {
+            BlockKind::Basic => 9 * c_in * p + 2 * p + 9 * p * c_out + 2 * c_out,
+            BlockKind::Bottleneck => c_in * p + 2 * p + 9 * p * p + 2 * p + p * c_out + 2 * c_out,
+        }
+    }
+
+    /// Multiply-accumulates of the path for one sample whose block input is `height x width`.
+    pub fn macs(&self, height: usize, width: usize) -> u64 {
+        let (c_in, p, c_out) = (self.channels_in as u64, self.path_width as u64, self.channels_out as u64);
+        let (h, w) = (height, width);
+        let (ho, wo) = (conv_out_size(h, 3, self.stride, 1), conv_out_size(w, 3, self.stride, 1));
+        let (hw, hwo) = ((h * w) as u64, (ho * wo) as u64);
+        match self.kind {
+            BlockKind::Basic => 9 * c_in * p * hwo + 9 * p * c_out * hwo,
+            BlockKind::Bottleneck => c_in * p * hw + 9 * p * p * hwo + p * c_out * hwo,
+        }
+    }
+}
+
+/// One path of a multi-path block.
+///
+/// Field names follow torchvision's `BasicBlock` / `Bottleneck` (`conv1`, `bn1`, ...): a block with
+/// one path is exactly torchvision's block without its shortcut.
+#[derive(Module, Debug)]
+pub struct Path<B: Backend> {
+    /// First convolution (3x3 with the stride in a basic path, 1x1 in a bottleneck).
+    pub conv1: Conv2d<B>,
+    /// Batch norm after `conv1`.
+    pub bn1: BatchNorm<B>,
+    /// Second convolution (3x3; carries the stride in a bottleneck).
+    pub conv2: Conv2d<B>,
+    /// Batch norm after `conv2`.
+    pub bn2: BatchNorm<B>,
+    /// Third convolution (1x1 expansion), bottleneck only.
+    pub conv3: Option<Conv2d<B>>,
+    /// Batch norm after `conv3`, bottleneck only.
+    pub bn3: Option<BatchNorm<B>>,
+}
+
+impl<B: Backend> Path<B> {
+    /// The residual branch, without the shortcut and without the final ReLU.
+    ///
+    /// # Shapes
+    /// - `input`: `[batch_size, channels_in, height, width]`
+    /// - output: `[batch_size, channels_out, height / stride, width / stride]`
+    pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
+        let x = relu(self.bn1.forward(self.conv1.forward(input)));
+        let x = self.bn2.forward(self.conv2.forward(x));
+        match (&self.conv3, &self.bn3) {
+            (Some(conv3), Some(bn3)) => bn3.forward(conv3.forward(relu(x))),
+            _ => x,
+        }
+    }
+}

@@ -1,0 +1,209 @@
+//! The network configuration: one public, serialisable [`DmnnConfig`] describes every preset, so
+//! a checkpoint always carries the architecture that made it.
+
+use burn::config::Config;
+use dmnn_gate::{ControllerConfig, GatedBlockSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::block::{conv_out_size, BlockKind, MultiPathBlockConfig};
+
+/// The stem in front of the first stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StemKind {
+    /// torchvision's ResNet stem: 7x7 convolution with stride 2, batch norm, ReLU, 3x3 max pool
+    /// with stride 2 (for 224 px images).
+    ImageNet,
+    /// One 3x3 convolution with the given stride, batch norm and ReLU, no pooling (for 28–32 px
+    /// images).
+    Conv3x3 {
+        /// Stride of the convolution.
+        stride: usize,
+    },
+}
+
+/// Configuration of a DMNN-ResNet (and, with one path and no controller, of a plain ResNet).
+#[derive(Config, Debug)]
+pub struct DmnnConfig {
+    /// Name of the model (the preset it came from, or `custom`).
+    pub name: String,
+    /// Number of classes of the classifier.
+    pub num_classes: usize,
+    /// Residual unit of every block.
+    pub block: BlockKind,
+    /// Number of blocks in each stage.
+    pub stage_depths: Vec<usize>,
+    /// Inner width of a stage's blocks with all paths together, as in a ResNet (64, 128, 256,
+    /// 512 for ResNet-50); blocks output `expansion · width` channels.
+    pub stage_widths: Vec<usize>,
+    /// Number of gated paths `N` per block.
+    #[config(default = 1)]
+    pub num_paths: usize,
+    /// Width of one path in each stage; `None` splits `stage_widths` evenly into `num_paths`.
+    #[config(default = "None")]
+    pub path_widths: Option<Vec<usize>>,
+    /// Channels of the input images.
+    #[config(default = 3)]
+    pub in_channels: usize,
+    /// The stem.
+    #[config(default = "StemKind::ImageNet")]
+    pub stem: StemKind,
+    /// Output channels of the stem.
+    #[config(default = 64)]
+    pub stem_width: usize,
+    /// Gate controllers; `None` makes a static network (every path always on).
+    #[config(default = "None")]
+    pub controller: Option<ControllerConfig>,
+    /// Input size the model is meant for (used by reports when no size is given).
+    #[config(default = 224)]
+    pub image_size: usize,
+}
+
+impl DmnnConfig {
+    /// Checks the invariants; the message names the offending values.
+    pub fn validate(&self) -> Result<(), String> {
+        let stages = self.stage_depths.len();
+        if stages == 0 {
+            return Err(format!("model '{}': stage_depths is empty", self.name));
+        }
+        if self.stage_widths.len() != stages {
+            return Err(format!(
+                "model '{}': stage_widths has {} entries, stage_depths has {stages}",
+                self.name,
+                self.stage_widths.len()
+            ));
+        }
+        if self.num_paths == 0 || self.num_classes == 0 || self.in_channels == 0 || self.stem_width == 0 {
+            return Err(format!(
+                "model '{}': num_paths={}, num_classes={}, in_channels={}, stem_width={} must all be positive",
+                self.name, self.num_paths, self.num_classes, self.in_channels, self.stem_width
+            ));
+        }
+        if let StemKind::Conv3x3 { stride: 0 } = self.stem {
+            return Err(format!("model '{}': stem stride=0 must be positive", self.name));
+        }
+        match &self.path_widths {
+            Some(p) if p.len() != stages => {
+                return Err(format!(
+                    "model '{}': path_widths has {} entries, stage_depths has {stages}",
+                    self.name,
+                    p.len()
+                ))
+            }
+            Some(p) if p.contains(&0) => {
+                return Err(format!("model '{}': path_widths={p:?} must be positive", self.name))
+            }
+            Some(_) => {}
+            None => {
+                for &w in &self.stage_widths {
+                    if w == 0 || w % self.num_paths != 0 {
+                        return Err(format!(
+                            "model '{}': width={w}, num_paths={}: num_paths must divide the block width",
+                            self.name, self.num_paths
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(c) = &self.controller {
+            if c.hidden_size == 0 {
+                return Err(format!("model '{}': controller hidden_size=0 must be positive", self.name));
+            }
+        }
+        Ok(())
+    }
+
+    /// Channels out of the stem and the spatial size after it, for an input of `[height, width]`.
+    pub fn stem_output_size(&self, height: usize, width: usize) -> [usize; 2] {
+        match self.stem {
+            StemKind::ImageNet => {
+                let (h, w) = (conv_out_size(height, 7, 2, 3), conv_out_size(width, 7, 2, 3));
+                [conv_out_size(h, 3, 2, 1), conv_out_size(w, 3, 2, 1)]
+            }
+            StemKind::Conv3x3 { stride } => [conv_out_size(height, 3, stride, 1), conv_out_size(width, 3, stride, 1)],
+        }
+    }
+
+    /// Kernel size and stride of the stem convolution.
+    pub fn stem_conv(&self) -> (usize, usize) {
+        match self.stem {
+            StemKind::ImageNet => (7, 2),
+            StemKind::Conv3x3 { stride } => (3, stride),
+        }
+    }
+
+    /// Path width of stage `stage`.
+    pub fn path_width(&self, stage: usize) -> usize {
+        match &self.path_widths {
+            Some(p) => p[stage],
+            None => self.stage_widths[stage] / self.num_paths,
+        }
+    }
+
+    /// Output channels of the last stage (the classifier's input).
+    pub fn feature_channels(&self) -> usize {
+        self.block.expansion() * self.stage_widths[self.stage_widths.len() - 1]
+    }
+
+    /// The configuration of every block, in network order, as `(stage, block config)`.
+    ///
+    /// # Panics
+    /// If the configuration is invalid (see [`DmnnConfig::validate`]).
+    pub fn blocks(&self) -> Vec<(usize, MultiPathBlockConfig)> {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+        let mut channels_in = self.stem_width;
+        let mut blocks = Vec::new();
+        for (stage, (&depth, &width)) in self.stage_depths.iter().zip(&self.stage_widths).enumerate() {
+            let channels_out = self.block.expansion() * width;
+            for b in 0..depth {
+                let stride = if stage > 0 && b == 0 { 2 } else { 1 };
+                let config = MultiPathBlockConfig::new(
+                    self.block,
+                    channels_in,
+                    channels_out,
+                    self.num_paths,
+                    self.path_width(stage),
+                )
+                .with_stride(stride);
+                blocks.push((stage, config));
+                channels_in = channels_out;
+            }
+        }
+        blocks
+    }
+
+    /// The gated blocks as the controllers see them (auxiliary heads on the last block of each
+    /// stage).
+    pub fn gated_block_specs(&self) -> Vec<GatedBlockSpec> {
+        let blocks = self.blocks();
+        blocks
+            .iter()
+            .enumerate()
+            .map(|(l, (stage, block))| GatedBlockSpec {
+                channels_in: block.channels_in,
+                aux_head: blocks.get(l + 1).is_none_or(|(next, _)| next != stage),
+            })
+            .collect()
+    }
+
+    /// Whether the network has gate controllers.
+    pub fn is_dynamic(&self) -> bool {
+        self.controller.is_some()
+    }
+
+    /// The same network with every stage width (and path width) scaled by `factor`, rounded to
+    /// a multiple of the number of paths: a static baseline of about the same MACs as a
+    /// dynamic model at some rate is `scale_width(rate.sqrt())` without the controller.
+    pub fn scale_width(mut self, factor: f64) -> Self {
+        let n = self.num_paths;
+        let round = |w: usize, m: usize| (((w as f64 * factor) / m as f64).round() as usize).max(1) * m;
+        self.stage_widths = self.stage_widths.iter().map(|&w| round(w, n)).collect();
+        self.stem_width = round(self.stem_width, 1);
+        if let Some(p) = &self.path_widths {
+            self.path_widths = Some(p.iter().map(|&w| round(w, 1)).collect());
+        }
+        self
+    }
+}

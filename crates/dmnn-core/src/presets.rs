@@ -1,0 +1,107 @@
+//! Named models: presets are data fed to one configuration path.
+//!
+//! | name | blocks | paths | input |
+//! |---|---|---|---|
+//! | `resnet18`, `resnet34` | basic, [2,2,2,2] / [3,4,6,3] | 1, no controller | 224 px, 1000 classes |
+//! | `resnet50`, `resnet101` | bottleneck, [3,4,6,3] / [3,4,23,3] | 1, no controller | 224 px |
+//! | `dmnn50`, `dmnn101` | bottleneck | 2 x 40·2^stage (ResNeXt 2x40d shape) | 224 px |
+//! | `dmnn50_4x24d` | bottleneck, [3,4,6,3] | 4 x 24·2^stage | 224 px |
+//! | `dmnn50_2x32d` | bottleneck, [3,4,6,3] | 2 x 32·2^stage (ResNet-50's width, for init from it) | 224 px |
+//! | `dmnn_small` | basic, [2,2,2], widths 16/32/64, stem 3x3/2 | 2 | 28 px, 1 channel, 10 classes |
+//! | `resnet_small` | as `dmnn_small`, one path, no controller | 1 | 28 px |
+//! | `resnet_small_thin` | `resnet_small` at ~0.7 of its MACs | 1 | 28 px |
+//!
+//! The small presets are sized for training on a 2-core CPU in minutes (Fashion-MNIST).
+
+use dmnn_gate::ControllerConfig;
+use thiserror::Error;
+
+use crate::block::BlockKind;
+use crate::config::{DmnnConfig, StemKind};
+
+/// Blocks per stage of ResNet-18.
+pub const RESNET18_BLOCKS: [usize; 4] = [2, 2, 2, 2];
+/// Blocks per stage of ResNet-34 and ResNet-50.
+pub const RESNET50_BLOCKS: [usize; 4] = [3, 4, 6, 3];
+/// Blocks per stage of ResNet-101.
+pub const RESNET101_BLOCKS: [usize; 4] = [3, 4, 23, 3];
+/// Stage widths of the ImageNet ResNets.
+pub const RESNET_WIDTHS: [usize; 4] = [64, 128, 256, 512];
+/// Blocks per stage of the small presets.
+pub const SMALL_BLOCKS: [usize; 3] = [2, 2, 2];
+/// Stage widths of the small presets.
+pub const SMALL_WIDTHS: [usize; 3] = [16, 32, 64];
+/// Width factor of `resnet_small_thin`: MACs scale with its square (0.84² ≈ 0.7).
+pub const SMALL_THIN_FACTOR: f64 = 0.84;
+
+/// A requested model name that is not a preset.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("unknown model '{name}'; known models: {}", known.join(", "))]
+pub struct UnknownModel {
+    /// The name asked for.
+    pub name: String,
+    /// The preset names.
+    pub known: Vec<&'static str>,
+}
+
+/// Names of all presets.
+pub const PRESETS: [&str; 11] = [
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "dmnn50",
+    "dmnn50_4x24d",
+    "dmnn50_2x32d",
+    "dmnn101",
+    "dmnn_small",
+    "resnet_small",
+    "resnet_small_thin",
+];
+
+fn imagenet(name: &str, block: BlockKind, depths: &[usize]) -> DmnnConfig {
+    DmnnConfig::new(name.to_string(), 1000, block, depths.to_vec(), RESNET_WIDTHS.to_vec())
+}
+
+fn dmnn(name: &str, depths: &[usize], num_paths: usize, path_base: usize) -> DmnnConfig {
+    imagenet(name, BlockKind::Bottleneck, depths)
+        .with_num_paths(num_paths)
+        .with_path_widths(Some((0..4).map(|s| path_base << s).collect()))
+        .with_controller(Some(ControllerConfig::new()))
+}
+
+fn small(name: &str) -> DmnnConfig {
+    DmnnConfig::new(name.to_string(), 10, BlockKind::Basic, SMALL_BLOCKS.to_vec(), SMALL_WIDTHS.to_vec())
+        .with_in_channels(1)
+        .with_stem(StemKind::Conv3x3 { stride: 2 })
+        .with_stem_width(SMALL_WIDTHS[0])
+        .with_image_size(28)
+}
+
+impl DmnnConfig {
+    /// The configuration of a named preset (see the [module docs](crate::presets)).
+    pub fn preset(name: &str) -> Result<Self, UnknownModel> {
+        let config = match name {
+            "resnet18" => imagenet(name, BlockKind::Basic, &RESNET18_BLOCKS),
+            "resnet34" => imagenet(name, BlockKind::Basic, &RESNET50_BLOCKS),
+            "resnet50" => imagenet(name, BlockKind::Bottleneck, &RESNET50_BLOCKS),
+            "resnet101" => imagenet(name, BlockKind::Bottleneck, &RESNET101_BLOCKS),
+            "dmnn50" => dmnn(name, &RESNET50_BLOCKS, 2, 40),
+            "dmnn50_4x24d" => dmnn(name, &RESNET50_BLOCKS, 4, 24),
+            "dmnn50_2x32d" => dmnn(name, &RESNET50_BLOCKS, 2, 32),
+            "dmnn101" => dmnn(name, &RESNET101_BLOCKS, 2, 40),
+            "dmnn_small" => small(name)
+                .with_num_paths(2)
+                .with_controller(Some(ControllerConfig::new().with_hidden_size(16))),
+            "resnet_small" => small(name),
+            "resnet_small_thin" => small(name).scale_width(SMALL_THIN_FACTOR),
+            _ => {
+                return Err(UnknownModel {
+                    name: name.to_string(),
+                    known: PRESETS.to_vec(),
+                })
+            }
+        };
+        Ok(config)
+    }
+}

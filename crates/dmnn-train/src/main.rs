@@ -1,0 +1,2 @@
+//! dmnn
+fn main() {}
