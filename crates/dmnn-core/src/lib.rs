@@ -27,12 +27,14 @@ mod block;
 mod config;
 mod cost;
 mod network;
+mod norm;
 pub mod presets;
 
 pub use block::*;
 pub use config::*;
 pub use cost::*;
 pub use network::*;
+pub use norm::*;
 pub use dmnn_gate::param_count;
 pub use presets::UnknownModel;
 

@@ -8,7 +8,7 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use crate::block::{conv, MultiPathBlock};
 use crate::config::{DmnnConfig, StemKind};
 use crate::cost::CostReport;
+use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 
 /// How the paths of a gated block are executed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,7 +144,7 @@ pub struct Dmnn<B: Backend> {
     /// Stem convolution.
     pub conv1: Conv2d<B>,
     /// Stem batch norm.
-    pub bn1: BatchNorm<B>,
+    pub bn1: BatchNorm2d<B>,
     /// Stem max pool (ImageNet stem only).
     pub maxpool: Option<MaxPool2d>,
     /// Stages of blocks.
@@ -176,7 +177,7 @@ impl DmnnConfig {
         });
         Dmnn {
             conv1: conv(self.in_channels, self.stem_width, k, s, device),
-            bn1: BatchNormConfig::new(self.stem_width).init(device),
+            bn1: BatchNorm2dConfig::new(self.stem_width).init(device),
             maxpool: matches!(self.stem, StemKind::ImageNet).then(|| {
                 MaxPool2dConfig::new([3, 3])
                     .with_strides([2, 2])

@@ -11,7 +11,7 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::nn::{BatchNorm, BatchNormConfig};
+use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
@@ -82,7 +82,7 @@ impl MultiPathBlockConfig {
             paths: (0..self.num_paths).map(|_| path.init(device)).collect(),
             downsample: self.has_downsample().then(|| Downsample {
                 conv: conv(self.channels_in, self.channels_out, 1, self.stride, device),
-                bn: BatchNormConfig::new(self.channels_out).init(device),
+                bn: BatchNorm2dConfig::new(self.channels_out).init(device),
             }),
         }
     }
@@ -124,7 +124,7 @@ pub struct Downsample<B: Backend> {
     /// 1x1 convolution.
     pub conv: Conv2d<B>,
     /// Batch norm.
-    pub bn: BatchNorm<B>,
+    pub bn: BatchNorm2d<B>,
 }
 
 /// A residual block whose residual branch is split into gated paths.

@@ -4,7 +4,9 @@
 use burn::config::Config;
 use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::{BatchNorm, BatchNormConfig, PaddingConfig2d};
+use burn::nn::PaddingConfig2d;
+
+use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -91,19 +93,19 @@ impl PathConfig {
         match self.kind {
             BlockKind::Basic => Path {
                 conv1: conv(self.channels_in, p, 3, s, device),
-                bn1: BatchNormConfig::new(p).init(device),
+                bn1: BatchNorm2dConfig::new(p).init(device),
                 conv2: conv(p, self.channels_out, 3, 1, device),
-                bn2: BatchNormConfig::new(self.channels_out).init(device),
+                bn2: BatchNorm2dConfig::new(self.channels_out).init(device),
                 conv3: None,
                 bn3: None,
             },
             BlockKind::Bottleneck => Path {
                 conv1: conv(self.channels_in, p, 1, 1, device),
-                bn1: BatchNormConfig::new(p).init(device),
+                bn1: BatchNorm2dConfig::new(p).init(device),
                 conv2: conv(p, p, 3, s, device),
-                bn2: BatchNormConfig::new(p).init(device),
+                bn2: BatchNorm2dConfig::new(p).init(device),
                 conv3: Some(conv(p, self.channels_out, 1, 1, device)),
-                bn3: Some(BatchNormConfig::new(self.channels_out).init(device)),
+                bn3: Some(BatchNorm2dConfig::new(self.channels_out).init(device)),
             },
         }
     }
@@ -139,15 +141,15 @@ pub struct Path<B: Backend> {
     /// First convolution (3x3 with the stride in a basic path, 1x1 in a bottleneck).
     pub conv1: Conv2d<B>,
     /// Batch norm after `conv1`.
-    pub bn1: BatchNorm<B>,
+    pub bn1: BatchNorm2d<B>,
     /// Second convolution (3x3; carries the stride in a bottleneck).
     pub conv2: Conv2d<B>,
     /// Batch norm after `conv2`.
-    pub bn2: BatchNorm<B>,
+    pub bn2: BatchNorm2d<B>,
     /// Third convolution (1x1 expansion), bottleneck only.
     pub conv3: Option<Conv2d<B>>,
     /// Batch norm after `conv3`, bottleneck only.
-    pub bn3: Option<BatchNorm<B>>,
+    pub bn3: Option<BatchNorm2d<B>>,
 }
 
 impl<B: Backend> Path<B> {
