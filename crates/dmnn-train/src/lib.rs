@@ -1,1 +1,4 @@
-//! placeholder
+//! Training, evaluation and datasets for dmnn, and the `dmnn` command-line tool.
+#![warn(missing_docs)]
+
+pub mod data;

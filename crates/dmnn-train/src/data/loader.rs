@@ -1,0 +1,338 @@
+//! A Burn [`DataLoader`] over an [`ImageSource`] that is reproducible across restarts.
+//!
+//! Burn's `BatchDataLoader` shuffles with a generator that advances each epoch, so a run
+//! resumed from a checkpoint would see another data order than the run it continues. Here the
+//! order of epoch `e` is a function of `(seed, e)` only, augmentation of a sample of
+//! `(seed, e, index)`, and each batch carries a seed of `(seed, e, batch)` for the Gumbel
+//! noise: a resumed run replays exactly what the uninterrupted run would have done.
+//!
+//! Samples are decoded on a pool of worker threads while the previous batch trains (a bounded
+//! queue of ready batches). A sample that fails to load is reported once with its path and left
+//! out of its batch.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::{Arc, Mutex};
+
+use burn::data::dataloader::{DataLoader, DataLoaderIterator, Progress};
+use burn::tensor::backend::Backend;
+use burn::tensor::{Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use rayon::prelude::*;
+
+use super::{ImageSource, SampleError};
+
+/// A batch of labelled images.
+#[derive(Debug, Clone)]
+pub struct ClassificationBatch<B: Backend> {
+    /// Normalised images, `[batch_size, channels, height, width]`.
+    pub images: Tensor<B, 4>,
+    /// Class indices, `[batch_size]`.
+    pub targets: Tensor<B, 1, Int>,
+    /// Seed of this batch's random decisions in the model (Gumbel noise).
+    pub seed: u64,
+}
+
+/// Mixes seeds (SplitMix64 finaliser).
+pub fn mix_seed(parts: &[u64]) -> u64 {
+    let mut h = 0x9E37_79B9_7F4A_7C15u64;
+    for &p in parts {
+        h ^= p.wrapping_add(0x9E37_79B9_7F4A_7C15).wrapping_add(h << 6).wrapping_add(h >> 2);
+        h = (h ^ (h >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        h = (h ^ (h >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        h ^= h >> 31;
+    }
+    h
+}
+
+/// The samples that could not be loaded, shared by all copies of a loader.
+#[derive(Clone, Default)]
+pub struct SkippedSamples {
+    inner: Arc<Mutex<Vec<SampleError>>>,
+}
+
+impl SkippedSamples {
+    fn record(&self, error: SampleError) {
+        let mut list = self.inner.lock().unwrap();
+        if !list.iter().any(|e| e.path == error.path) {
+            eprintln!("warning: skipping unreadable image {}: {}", error.path, error.reason);
+            list.push(error);
+        }
+    }
+
+    /// Distinct samples skipped so far.
+    pub fn list(&self) -> Vec<SampleError> {
+        self.inner.lock().unwrap().clone()
+    }
+}
+
+/// Settings of an [`EpochLoader`].
+#[derive(Debug, Clone)]
+pub struct LoaderConfig {
+    /// Samples per batch.
+    pub batch_size: usize,
+    /// `Some(seed)`: shuffle every epoch and augment (training); `None`: dataset order, no
+    /// augmentation (evaluation).
+    pub shuffle: Option<u64>,
+    /// Stop an epoch after this many batches (quick runs).
+    pub max_batches: Option<usize>,
+    /// Decode threads (0: one per core).
+    pub workers: usize,
+    /// Batches decoded ahead of the consumer.
+    pub prefetch: usize,
+}
+
+impl LoaderConfig {
+    /// A training loader: shuffled and augmented with `seed`.
+    pub fn train(batch_size: usize, seed: u64) -> Self {
+        Self { batch_size, shuffle: Some(seed), max_batches: None, workers: 0, prefetch: 2 }
+    }
+
+    /// An evaluation loader: dataset order, no augmentation.
+    pub fn eval(batch_size: usize) -> Self {
+        Self { batch_size, shuffle: None, max_batches: None, workers: 0, prefetch: 2 }
+    }
+}
+
+/// The data loader (see the [module docs](self)).
+pub struct EpochLoader<B: Backend> {
+    source: Arc<dyn ImageSource>,
+    config: LoaderConfig,
+    range: (usize, usize),
+    epoch: Arc<AtomicUsize>,
+    device: B::Device,
+    pool: Arc<rayon::ThreadPool>,
+    skipped: SkippedSamples,
+}
+
+impl<B: Backend> EpochLoader<B> {
+    /// A loader over `source` on `device`.
+    ///
+    /// # Panics
+    /// If `batch_size` is zero.
+    pub fn new(source: Arc<dyn ImageSource>, config: LoaderConfig, device: B::Device) -> Self {
+        assert!(config.batch_size > 0, "batch_size=0 must be positive");
+        let threads = if config.workers == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            config.workers
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("dmnn-data-{i}"))
+            .build()
+            .expect("data worker pool");
+        let range = (0, source.len());
+        Self { source, config, range, epoch: Arc::new(AtomicUsize::new(0)), device, pool: Arc::new(pool), skipped: SkippedSamples::default() }
+    }
+
+    /// Makes the next call to `iter` produce epoch `epoch` (0-based): for resuming.
+    pub fn set_epoch(&self, epoch: usize) {
+        self.epoch.store(epoch, Ordering::SeqCst);
+    }
+
+    /// The samples skipped so far.
+    pub fn skipped(&self) -> SkippedSamples {
+        self.skipped.clone()
+    }
+
+    /// Batches per epoch.
+    pub fn num_batches(&self) -> usize {
+        let n = (self.range.1 - self.range.0).div_ceil(self.config.batch_size);
+        self.config.max_batches.map_or(n, |m| n.min(m))
+    }
+
+    fn copy_with(&self, device: B::Device, range: (usize, usize), epoch: Arc<AtomicUsize>) -> Self {
+        Self {
+            source: self.source.clone(),
+            config: self.config.clone(),
+            range,
+            epoch,
+            device,
+            pool: self.pool.clone(),
+            skipped: self.skipped.clone(),
+        }
+    }
+}
+
+struct HostBatch {
+    pixels: Vec<f32>,
+    labels: Vec<i64>,
+    seed: u64,
+}
+
+struct EpochIterator<B: Backend> {
+    receiver: Receiver<HostBatch>,
+    device: B::Device,
+    shape: [usize; 3],
+    processed: usize,
+    total: usize,
+}
+
+impl<B: Backend> Iterator for EpochIterator<B> {
+    type Item = ClassificationBatch<B>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let batch = self.receiver.recv().ok()?;
+        let n = batch.labels.len();
+        self.processed += n;
+        let [c, h, w] = self.shape;
+        Some(ClassificationBatch {
+            images: Tensor::from_data(TensorData::new(batch.pixels, [n, c, h, w]), &self.device),
+            targets: Tensor::from_data(TensorData::new(batch.labels, [n]), &self.device),
+            seed: batch.seed,
+        })
+    }
+}
+
+impl<B: Backend> DataLoaderIterator<ClassificationBatch<B>> for EpochIterator<B> {
+    fn progress(&self) -> Progress {
+        Progress::new(self.processed, self.total)
+    }
+}
+
+impl<B: Backend> DataLoader<B, ClassificationBatch<B>> for EpochLoader<B> {
+    fn iter<'a>(&'a self) -> Box<dyn DataLoaderIterator<ClassificationBatch<B>> + 'a> {
+        let epoch = self.epoch.fetch_add(1, Ordering::SeqCst) as u64;
+        let mut order: Vec<usize> = (self.range.0..self.range.1).collect();
+        let seed = self.config.shuffle;
+        if let Some(seed) = seed {
+            order.shuffle(&mut StdRng::seed_from_u64(mix_seed(&[seed, epoch])));
+        }
+        let batch_size = self.config.batch_size;
+        let mut batches: Vec<Vec<usize>> = order.chunks(batch_size).map(<[usize]>::to_vec).collect();
+        if let Some(m) = self.config.max_batches {
+            batches.truncate(m);
+        }
+        let total = batches.iter().map(Vec::len).sum();
+        let (sender, receiver) = sync_channel(self.config.prefetch.max(1));
+        let (source, pool, skipped) = (self.source.clone(), self.pool.clone(), self.skipped.clone());
+        let shape = source.image_shape();
+        let per_image = shape.iter().product::<usize>();
+        std::thread::Builder::new()
+            .name("dmnn-loader".into())
+            .spawn(move || {
+                for (b, indices) in batches.into_iter().enumerate() {
+                    let loaded: Vec<Option<(Vec<f32>, usize)>> = pool.install(|| {
+                        indices
+                            .par_iter()
+                            .map(|&i| {
+                                let mut rng = seed.map(|s| StdRng::seed_from_u64(mix_seed(&[s, epoch, i as u64])));
+                                let mut out = vec![0f32; per_image];
+                                match source.load(i, rng.as_mut(), &mut out) {
+                                    Ok(label) => Some((out, label)),
+                                    Err(e) => {
+                                        skipped.record(e);
+                                        None
+                                    }
+                                }
+                            })
+                            .collect()
+                    });
+                    let mut pixels = Vec::with_capacity(indices.len() * per_image);
+                    let mut labels = Vec::with_capacity(indices.len());
+                    for (p, l) in loaded.into_iter().flatten() {
+                        pixels.extend_from_slice(&p);
+                        labels.push(l as i64);
+                    }
+                    if labels.is_empty() {
+                        continue;
+                    }
+                    let batch_seed = mix_seed(&[seed.unwrap_or(0), epoch, b as u64, 0xBA7C]);
+                    if sender.send(HostBatch { pixels, labels, seed: batch_seed }).is_err() {
+                        return; // the consumer stopped early
+                    }
+                }
+            })
+            .expect("spawn the data loader thread");
+        Box::new(EpochIterator::<B> { receiver, device: self.device.clone(), shape, processed: 0, total })
+    }
+
+    fn num_items(&self) -> usize {
+        let n = self.range.1 - self.range.0;
+        self.config.max_batches.map_or(n, |m| n.min(m * self.config.batch_size))
+    }
+
+    fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, ClassificationBatch<B>>> {
+        Arc::new(self.copy_with(device.clone(), self.range, self.epoch.clone()))
+    }
+
+    fn slice(&self, start: usize, end: usize) -> Arc<dyn DataLoader<B, ClassificationBatch<B>>> {
+        let range = (self.range.0 + start, (self.range.0 + end).min(self.range.1));
+        let epoch = Arc::new(AtomicUsize::new(self.epoch.load(Ordering::SeqCst)));
+        Arc::new(self.copy_with(self.device.clone(), range, epoch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::InMemoryImages;
+    use burn::backend::Flex;
+
+    /// 10 1x1x1 images whose pixel is the index; image 3 "fails to decode".
+    struct Numbers;
+    impl ImageSource for Numbers {
+        fn len(&self) -> usize {
+            10
+        }
+        fn num_classes(&self) -> usize {
+            10
+        }
+        fn image_shape(&self) -> [usize; 3] {
+            [1, 1, 1]
+        }
+        fn load(&self, index: usize, _: Option<&mut StdRng>, out: &mut [f32]) -> Result<usize, SampleError> {
+            if index == 3 {
+                return Err(SampleError { path: "img3.JPEG".into(), reason: "truncated".into() });
+            }
+            out[0] = index as f32;
+            Ok(index)
+        }
+        fn describe(&self) -> String {
+            "numbers".into()
+        }
+    }
+
+    fn epoch_labels(loader: &EpochLoader<Flex>) -> Vec<Vec<i64>> {
+        loader.iter().map(|b| b.targets.into_data().convert::<i64>().to_vec().unwrap()).collect()
+    }
+
+    #[test]
+    fn order_depends_on_seed_and_epoch_only() {
+        let source: Arc<dyn ImageSource> = Arc::new(Numbers);
+        let a = EpochLoader::<Flex>::new(source.clone(), LoaderConfig::train(4, 7), Default::default());
+        let (e0, e1) = (epoch_labels(&a), epoch_labels(&a));
+        assert_ne!(e0, e1, "each epoch shuffles differently");
+        // a fresh loader set to epoch 1 replays epoch 1
+        let b = EpochLoader::<Flex>::new(source, LoaderConfig::train(4, 7), Default::default());
+        b.set_epoch(1);
+        assert_eq!(epoch_labels(&b), e1);
+        // the failing sample is left out and reported once
+        assert_eq!(e0.iter().map(Vec::len).sum::<usize>(), 9);
+        assert_eq!(a.skipped().list().len(), 1);
+        assert_eq!(a.skipped().list()[0].path, "img3.JPEG");
+    }
+
+    #[test]
+    fn evaluation_order_is_the_dataset_order() {
+        let loader = EpochLoader::<Flex>::new(Arc::new(Numbers), LoaderConfig::eval(4), Default::default());
+        assert_eq!(epoch_labels(&loader), vec![vec![0, 1, 2], vec![4, 5, 6, 7], vec![8, 9]]);
+        let images: Vec<f32> = loader.iter().next().unwrap().images.into_data().to_vec().unwrap();
+        assert_eq!(images, vec![0.0, 1.0, 2.0]);
+    }
+
+    #[test]
+    fn max_batches_and_slices() {
+        let data = InMemoryImages::new("z", vec![0; 20], (0..20).map(|i| i % 2).collect(), [1, 1, 1], 2, vec![0.0], vec![1.0]);
+        let mut config = LoaderConfig::eval(3);
+        config.max_batches = Some(2);
+        let loader = EpochLoader::<Flex>::new(Arc::new(data), config, Default::default());
+        assert_eq!(loader.num_batches(), 2);
+        assert_eq!(epoch_labels(&loader).len(), 2);
+        let part = loader.slice(10, 14);
+        assert_eq!(part.num_items(), 4);
+    }
+}
