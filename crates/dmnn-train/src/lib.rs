@@ -2,3 +2,12 @@
 #![warn(missing_docs)]
 
 pub mod data;
+pub mod metrics;
+pub mod objective;
+pub mod run;
+pub mod schedule;
+pub mod step;
+pub mod config;
+pub mod train;
+pub mod backend;
+pub mod cli;

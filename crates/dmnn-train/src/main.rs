@@ -1,2 +1,214 @@
-//! dmnn
-fn main() {}
+//! `dmnn`: train, evaluate and measure Dynamic Multi-path Neural Networks.
+//!
+//! Run through `cargo xtask <command>`, which builds this binary with the requested backend.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use burn::tensor::backend::AutodiffBackend;
+use clap::Parser;
+use dmnn_core::{DmnnConfig, ExecutionMode};
+use dmnn_train::backend::{dispatch, BackendJob};
+use dmnn_train::cli::{Cli, Command, CostArgs, EvalArgs, TrainArgs};
+use dmnn_train::config::DataConfig;
+use dmnn_train::data::{EpochLoader, LoaderConfig, Split};
+use dmnn_train::train::{evaluate, load_run_model, load_split, read_run_config, train, RunOptions};
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Cost(args) => cost(args),
+        Command::Train(args) => run_train(args, false),
+        Command::TrainImagenet(args) => run_train(args, true),
+        Command::Eval(args) => {
+            let backend = args.backend.clone();
+            dispatch(backend.backend, backend.device, EvalJob(args))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn cost(args: CostArgs) -> Result<()> {
+    if args.model == "list" {
+        for name in dmnn_core::presets::PRESETS {
+            println!("{name}");
+        }
+        return Ok(());
+    }
+    let mut config = DmnnConfig::preset(&args.model)?;
+    if let Some(k) = args.num_classes {
+        config.num_classes = k;
+    }
+    let size = args.image_size.unwrap_or(config.image_size);
+    let c = config.cost([size, size]);
+    let g = |m: u64| m as f64 / 1e9;
+    if args.json {
+        let json = serde_json::json!({
+            "model": c.model,
+            "image_size": size,
+            "num_classes": config.num_classes,
+            "num_paths": config.num_paths,
+            "params": c.params(),
+            "params_backbone": c.params_backbone,
+            "params_controllers": c.params_controllers,
+            "params_aux": c.params_aux,
+            "params_training": c.params_training(),
+            "gmacs_full": g(c.macs_full()),
+            "gmacs_ungated": g(c.ungated_macs()),
+            "gmacs_controllers": g(c.controller_macs()),
+            "gmacs_gated_full": g(c.gated_macs_full()),
+            "blocks": c.blocks.iter().map(|b| serde_json::json!({
+                "stage": b.stage, "num_paths": b.num_paths,
+                "gmacs_per_path": g(b.path_macs), "gmacs_shortcut": g(b.shortcut_macs), "gmacs_controller": g(b.controller_macs),
+            })).collect::<Vec<_>>(),
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    println!("{} at {size}x{size} px, {} classes, {} path(s) per block", c.model, config.num_classes, config.num_paths);
+    println!("  (MACs are multiply-accumulates of convolutions and linear layers; the paper calls them FLOPs)");
+    println!("  params (inference)       {:>12}  ({:.3} M)", c.params(), c.params() as f64 / 1e6);
+    println!("    backbone               {:>12}", c.params_backbone);
+    println!("    controllers            {:>12}", c.params_controllers);
+    println!("  params (aux heads)       {:>12}  (training only)", c.params_aux);
+    println!("  GMACs, all paths on      {:>12.4}", g(c.macs_full()));
+    println!("  GMACs, ungated           {:>12.4}  (stem, shortcuts, controllers, classifier)", g(c.ungated_macs()));
+    if config.is_dynamic() {
+        println!(
+            "  GMACs, controllers       {:>12.6}  ({:.4} % of the full network)",
+            g(c.controller_macs()),
+            100.0 * c.controller_macs() as f64 / c.macs_full() as f64
+        );
+    }
+    Ok(())
+}
+
+fn run_train(args: TrainArgs, imagenet: bool) -> Result<()> {
+    let (config, resume, out) = match &args.resume {
+        Some(dir) => (read_run_config(dir)?, true, Some(dir.clone())),
+        None => (args.resolve(imagenet)?, false, args.out.clone()),
+    };
+    let job = TrainJob { config, resume, out, plain: args.plain };
+    dispatch(args.backend.backend, args.backend.device, job)
+}
+
+struct TrainJob {
+    config: dmnn_train::config::TrainConfig,
+    resume: bool,
+    out: Option<PathBuf>,
+    plain: bool,
+}
+
+impl BackendJob for TrainJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
+        let options = RunOptions { out: self.out, plain: self.plain, backend: name.to_string() };
+        let out_dir = options.out.clone();
+        let s = train::<B>(self.config, device, options, self.resume)?;
+        println!();
+        println!("dmnn train finished: {} on the {} backend, {} epochs in {:.0} s", s.model, s.backend, s.epochs, s.wall_seconds);
+        println!("  test accuracy   {:.2} % (top-5 {:.2} %), sparse execution", 100.0 * s.test_accuracy, 100.0 * s.test_top5);
+        if let Some(r) = s.test_accuracy_recalibrated {
+            println!("  after BN recalibration {:.2} %", 100.0 * r);
+        }
+        println!(
+            "  GMACs per image {:.5} ± {:.5} of {:.5} with every path on (MACs ratio {:.3})",
+            s.gmacs_mean, s.gmacs_std, s.gmacs_full, s.macs_ratio_mean
+        );
+        println!("  params          {:.3} M (+{:.3} M auxiliary heads, training only)", s.params as f64 / 1e6, s.params_aux as f64 / 1e6);
+        if !s.skipped_images.is_empty() {
+            println!("  skipped {} unreadable image(s), listed in summary.json", s.skipped_images.len());
+        }
+        let dir = out_dir.map(|d| d.display().to_string()).unwrap_or_else(|| "runs/ (newest directory)".into());
+        println!("  run directory   {dir}");
+        Ok(())
+    }
+}
+
+struct EvalJob(EvalArgs);
+
+impl BackendJob for EvalJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _name: &str) -> Result<()> {
+        let args = self.0;
+        let (config, model) = load_run_model::<B::InnerBackend>(&args.checkpoint, &device)?;
+        let model = match args.threshold {
+            Some(t) => model.with_threshold(t),
+            None => model,
+        };
+        let mut data = config.data.clone();
+        match &mut data {
+            DataConfig::FashionMnist { dir, .. } | DataConfig::Cifar { dir } => {
+                if let Some(p) = &args.data {
+                    *dir = p.clone();
+                }
+            }
+            DataConfig::ImageNet { dir, val_labels, val_synsets, .. } => {
+                if let Some(p) = &args.data {
+                    *dir = p.clone();
+                }
+                if args.val_labels.is_some() {
+                    *val_labels = args.val_labels.clone();
+                }
+                if args.val_synsets.is_some() {
+                    *val_synsets = args.val_synsets.clone();
+                }
+            }
+        }
+        let source = load_split(&data, Split::Test)?;
+        if source.num_classes() != config.model.num_classes {
+            anyhow::bail!(
+                "data at {} has {} classes but the model has {}",
+                data.path().display(),
+                source.num_classes(),
+                config.model.num_classes
+            );
+        }
+        let mut loader_config = LoaderConfig::eval(args.batch_size);
+        loader_config.max_batches = args.max_batches;
+        let loader = EpochLoader::<B::InnerBackend>::new(source.clone(), loader_config, device);
+        let mode: ExecutionMode = args.mode.parse().map_err(anyhow::Error::msg)?;
+        let s = evaluate(&model, &loader, mode);
+        let [_, h, w] = source.image_shape();
+        let cost = model.cost([h, w]);
+        let (mean, std) = s.gmacs();
+        if args.json {
+            let json = serde_json::json!({
+                "model": config.model.name, "images": s.samples,
+                "top1_err": 100.0 * (1.0 - s.top1()), "top5_err": 100.0 * (1.0 - s.top5()),
+                "params_m": cost.params() as f64 / 1e6, "gmacs_mean": mean, "gmacs_std": std,
+                "gmacs_full": cost.macs_full() as f64 / 1e9, "block_open_rates": s.block_rates(),
+                "skipped": loader.skipped().list().len(),
+            });
+            println!("{json}");
+            return Ok(());
+        }
+        println!("{} on {} ({} images, {} execution; GMACs = multiply-accumulates, the paper's FLOPs)", config.model.name, source.describe(), s.samples, args.mode);
+        println!("| model | top-1 err % | top-5 err % | params (M) | GMACs |");
+        println!("|---|---|---|---|---|");
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.4} ± {:.4} |",
+            config.model.name,
+            100.0 * (1.0 - s.top1()),
+            100.0 * (1.0 - s.top5()),
+            cost.params() as f64 / 1e6,
+            mean,
+            std
+        );
+        let rates = s.block_rates();
+        if !rates.is_empty() {
+            let line: Vec<String> = rates.iter().enumerate().map(|(l, r)| format!("{l}:{r:.2}")).collect();
+            println!("open rate per block: {}", line.join(" "));
+        }
+        let skipped = loader.skipped().list();
+        if !skipped.is_empty() {
+            println!("skipped {} unreadable image(s)", skipped.len());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,282 @@
+//! The model as Burn's `Learner` sees it: [`DmnnClassifier`] wraps a [`Dmnn`] with its
+//! objective and implements `TrainStep` / `InferenceStep`; [`StepOutput`] is what every metric
+//! reads.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::optim::GradientsParams;
+use burn::prelude::ToElement;
+use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::{Int, Tensor, TensorData};
+use burn::train::metric::ItemLazy;
+use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
+use dmnn_core::gate::TemperatureSchedule;
+use dmnn_core::{Dmnn, ForwardOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::data::ClassificationBatch;
+use crate::objective::ObjectiveConfig;
+
+/// Training state shared by every clone of the model: the step counter (for the temperature
+/// schedule and error messages) and the non-finite-loss guard.
+pub struct TrainProgress {
+    step: AtomicUsize,
+    total_steps: usize,
+    steps_per_epoch: usize,
+    stopped_at: Mutex<Option<(usize, f64)>>,
+    stop: AtomicBool,
+    interrupter: Mutex<Option<Interrupter>>,
+}
+
+impl core::fmt::Debug for TrainProgress {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "TrainProgress(step {} of {})", self.step(), self.total_steps)
+    }
+}
+
+impl TrainProgress {
+    /// Progress of a run of `total_steps` iterations, `steps_per_epoch` per epoch, starting at
+    /// iteration `start_step` (non-zero when resuming).
+    pub fn new(total_steps: usize, steps_per_epoch: usize, start_step: usize) -> Arc<Self> {
+        Arc::new(Self {
+            step: AtomicUsize::new(start_step),
+            total_steps: total_steps.max(1),
+            steps_per_epoch: steps_per_epoch.max(1),
+            stopped_at: Mutex::new(None),
+            stop: AtomicBool::new(false),
+            interrupter: Mutex::new(None),
+        })
+    }
+
+    /// The Learner's interrupter, used to stop on a non-finite loss.
+    pub fn set_interrupter(&self, interrupter: Interrupter) {
+        *self.interrupter.lock().unwrap() = Some(interrupter);
+    }
+
+    /// Iterations done.
+    pub fn step(&self) -> usize {
+        self.step.load(Ordering::SeqCst)
+    }
+
+    /// The 1-based step and the loss value at which training stopped on a non-finite loss.
+    pub fn non_finite(&self) -> Option<(usize, f64)> {
+        *self.stopped_at.lock().unwrap()
+    }
+
+    fn fail(&self, step: usize, value: f64) {
+        self.stop.store(true, Ordering::SeqCst);
+        let mut at = self.stopped_at.lock().unwrap();
+        if at.is_none() {
+            *at = Some((step, value));
+            let epoch = (step - 1) / self.steps_per_epoch + 1;
+            let msg = format!("non-finite loss ({value}) at step {step} (epoch {epoch})");
+            if let Some(i) = self.interrupter.lock().unwrap().as_ref() {
+                i.stop(Some(&msg));
+            }
+        }
+    }
+}
+
+/// A [`Dmnn`] with its training objective: the module Burn's `Learner` trains.
+#[derive(Module, Debug)]
+pub struct DmnnClassifier<B: Backend> {
+    /// The network.
+    pub model: Dmnn<B>,
+    /// The objective (not a parameter).
+    pub objective: ObjectiveConfig,
+    /// Weight decay of convolution and linear weights (not batch norm, not biases).
+    pub weight_decay: f64,
+    /// Gumbel temperature over training.
+    pub temperature: TemperatureSchedule,
+    /// Shared progress (not a parameter).
+    pub progress: Arc<TrainProgress>,
+}
+
+/// Host-side statistics of one step: what metrics, logs and reports read.
+#[derive(Debug, Clone, Default)]
+pub struct StepStats {
+    /// Samples in the batch.
+    pub batch_size: usize,
+    /// Total loss.
+    pub loss: f64,
+    /// Classifier cross-entropy.
+    pub ce: f64,
+    /// Auxiliary cross-entropy.
+    pub aux: f64,
+    /// Cost penalty (unweighted).
+    pub cost: f64,
+    /// Samples whose top-1 prediction is right.
+    pub correct_top1: usize,
+    /// Samples whose label is among the top 5 predictions.
+    pub correct_top5: usize,
+    /// Executed MACs of every sample.
+    pub macs: Vec<f64>,
+    /// MACs of the network with every path on.
+    pub macs_full: f64,
+    /// Open-path rate of every gated block (mean over the batch and paths).
+    pub block_rates: Vec<f64>,
+}
+
+/// The device-side output of a step; synced to [`StepStats`] off the training thread.
+pub struct StepOutput<B: Backend> {
+    loss: Tensor<B, 1>,
+    ce: Tensor<B, 1>,
+    aux: Tensor<B, 1>,
+    cost: Tensor<B, 1>,
+    logits: Tensor<B, 2>,
+    targets: Tensor<B, 1, Int>,
+    macs: Tensor<B, 1>,
+    block_rates: Option<Tensor<B, 1>>,
+    macs_full: f64,
+}
+
+fn to_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
+    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 values")
+}
+
+impl<B: Backend> ItemLazy for StepOutput<B> {
+    type ItemSync = StepStats;
+
+    fn sync(self) -> StepStats {
+        let [batch_size, num_classes] = self.logits.dims();
+        let logits = to_f64(self.logits);
+        let targets: Vec<i64> = self.targets.into_data().convert::<i64>().to_vec().expect("i64 labels");
+        let (mut top1, mut top5) = (0, 0);
+        for (b, &y) in targets.iter().enumerate() {
+            let row = &logits[b * num_classes..(b + 1) * num_classes];
+            let target = row[y as usize];
+            // rank of the target: classes scoring strictly higher (ties resolved in its favour)
+            let higher = row.iter().filter(|&&v| v > target).count();
+            top1 += usize::from(higher == 0);
+            top5 += usize::from(higher < 5);
+        }
+        StepStats {
+            batch_size,
+            loss: to_f64(self.loss)[0],
+            ce: to_f64(self.ce)[0],
+            aux: to_f64(self.aux)[0],
+            cost: to_f64(self.cost)[0],
+            correct_top1: top1,
+            correct_top5: top5,
+            macs: to_f64(self.macs),
+            macs_full: self.macs_full,
+            block_rates: self.block_rates.map(to_f64).unwrap_or_default(),
+        }
+    }
+}
+
+/// Draws the Gumbel noise of every gated block from a batch seed (host generator, so a step is
+/// reproducible whatever the backend's generator did before).
+pub fn batch_noise<B: Backend>(seed: u64, blocks: usize, batch_size: usize, num_paths: usize, device: &B::Device) -> Vec<Tensor<B, 3>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..blocks)
+        .map(|_| {
+            let n = batch_size * num_paths * 2;
+            let values: Vec<f32> = (0..n)
+                .map(|_| {
+                    let u: f64 = rng.random_range(1e-6..1.0 - 1e-6);
+                    -(-u.ln()).ln() as f32
+                })
+                .collect();
+            Tensor::from_data(TensorData::new(values, [batch_size, num_paths, 2]), device)
+        })
+        .collect()
+}
+
+/// Adds `weight_decay · w` to the gradient of every weight of rank ≥ 2 (convolutions, linear
+/// layers, recurrent cells): biases and batch-norm scales and shifts are not decayed.
+struct DecayWeights<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    weight_decay: f64,
+    _b: core::marker::PhantomData<B>,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for DecayWeights<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if D < 2 {
+            return;
+        }
+        let id: ParamId = param.id;
+        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(id) {
+            let decayed = grad + param.val().inner().mul_scalar(self.weight_decay);
+            self.grads.register::<B::InnerBackend, D>(id, decayed);
+        }
+    }
+}
+
+impl<B: Backend> DmnnClassifier<B> {
+    /// The step output of a forward pass (loss terms, predictions, executed MACs).
+    pub fn output_of(&self, out: dmnn_core::DmnnOutput<B>, targets: Tensor<B, 1, Int>) -> StepOutput<B> {
+        self.output(out, targets).0
+    }
+
+    fn output(&self, out: dmnn_core::DmnnOutput<B>, targets: Tensor<B, 1, Int>) -> (StepOutput<B>, Tensor<B, 1>) {
+        let terms = self.objective.loss(&out, targets.clone());
+        let block_rates = (!out.gates.is_empty()).then(|| {
+            Tensor::cat(out.gates.iter().map(|g| g.clone().detach().mean()).collect(), 0) // [L]
+        });
+        let macs_full = out.cost.macs_full() as f64;
+        let total = terms.total.clone();
+        (
+            StepOutput {
+                loss: terms.total.detach(),
+                ce: terms.ce.detach(),
+                aux: terms.aux.detach(),
+                cost: terms.cost.detach(),
+                logits: out.logits.detach(),
+                targets,
+                macs: out.macs.detach(),
+                block_rates,
+                macs_full,
+            },
+            total,
+        )
+    }
+}
+
+impl<B: AutodiffBackend> TrainStep for DmnnClassifier<B> {
+    type Input = ClassificationBatch<B>;
+    type Output = StepOutput<B>;
+
+    fn step(&self, batch: ClassificationBatch<B>) -> TrainOutput<StepOutput<B>> {
+        let step = self.progress.step.fetch_add(1, Ordering::SeqCst) + 1;
+        let progress = step as f64 / self.progress.total_steps as f64;
+        let model = self.model.clone().with_temperature(self.temperature.at(progress));
+        let [batch_size, ..] = batch.images.dims();
+        let device = batch.images.device();
+        let noise = batch_noise(batch.seed, model.num_blocks(), batch_size, model.config.num_paths, &device);
+        let out = model.forward_with(batch.images, ForwardOptions::default().with_noise(noise));
+        let (output, loss) = self.output(out, batch.targets);
+        let value = loss.clone().into_scalar().to_f64();
+        if !value.is_finite() || self.progress.stop.load(Ordering::SeqCst) {
+            // leave the weights as they are: no gradients, and the run stops
+            self.progress.fail(step, value);
+            return TrainOutput { grads: GradientsParams::new(), item: output };
+        }
+        let mut grads = GradientsParams::from_grads(loss.backward(), self);
+        if self.weight_decay > 0.0 {
+            self.visit(&mut DecayWeights::<B> { grads: &mut grads, weight_decay: self.weight_decay, _b: Default::default() });
+        }
+        TrainOutput { grads, item: output }
+    }
+}
+
+impl<B: Backend> InferenceStep for DmnnClassifier<B> {
+    type Input = ClassificationBatch<B>;
+    type Output = StepOutput<B>;
+
+    fn step(&self, batch: ClassificationBatch<B>) -> StepOutput<B> {
+        let out = self.model.forward(batch.images);
+        self.output(out, batch.targets).0
+    }
+}
+
+impl<B: AutodiffBackend> DmnnClassifier<B> {
+    /// The inference network.
+    pub fn inference_model(&self) -> Dmnn<B::InnerBackend> {
+        self.model.valid()
+    }
+}
