@@ -1,2 +1,124 @@
-//! xtask
-fn main() {}
+//! `cargo xtask`: builds and runs the `dmnn` binary with the right backend feature.
+//!
+//! ```text
+//! cargo xtask train                          # main job: Fashion-MNIST on the CPU
+//! cargo xtask train-imagenet --data DIR --backend cuda
+//! cargo xtask eval --checkpoint runs/... [--data DIR]
+//! cargo xtask cost --model dmnn50 [--image-size 224] [--json]
+//! cargo xtask bench [--backend cuda] [--out results/x.csv] [--compare-pytorch]
+//! cargo xtask check-features                 # cargo check of the wgpu and cuda builds
+//! ```
+//!
+//! Every backend gets its own target directory (`target/` for the CPU, `target/wgpu`,
+//! `target/cuda`): switching Burn's features rebuilds hundreds of crates, so they are kept apart.
+//! No Burn in here: this crate only composes cargo commands.
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context, Result};
+
+const DMNN_COMMANDS: [&str; 5] = ["train", "train-imagenet", "eval", "cost", "bench"];
+const BACKENDS: [&str; 3] = ["cpu", "wgpu", "cuda"];
+
+fn usage() -> String {
+    format!(
+        "usage: cargo xtask <command> [--backend cpu|wgpu|cuda] [args...]\n\
+         commands: {}, check-features\n\
+         every argument after the command goes to `dmnn <command>` (see `cargo xtask <command> --help`)",
+        DMNN_COMMANDS.join(", ")
+    )
+}
+
+/// Splits `--backend X` / `--backend=X` out of the arguments.
+fn take_backend(args: &mut Vec<String>) -> Result<String> {
+    let mut backend = "cpu".to_string();
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--backend" {
+            backend = args.get(i + 1).cloned().context("--backend needs a value: cpu, wgpu or cuda")?;
+            args.drain(i..i + 2);
+        } else if let Some(v) = args[i].strip_prefix("--backend=") {
+            backend = v.to_string();
+            args.remove(i);
+        } else {
+            i += 1;
+        }
+    }
+    if !BACKENDS.contains(&backend.as_str()) {
+        bail!("--backend {backend} is not one of {}", BACKENDS.join(", "));
+    }
+    Ok(backend)
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn with_backend(cmd: &mut Command, backend: &str) {
+    if backend != "cpu" {
+        cmd.args(["--features", backend]);
+        cmd.env("CARGO_TARGET_DIR", format!("target/{backend}"));
+    }
+}
+
+fn status(mut cmd: Command) -> Result<ExitCode> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(c.clamp(1, 255) as u8),
+        None => ExitCode::FAILURE,
+    })
+}
+
+fn run() -> Result<ExitCode> {
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(command) = args.first().cloned() else {
+        eprintln!("{}", usage());
+        return Ok(ExitCode::FAILURE);
+    };
+    args.remove(0);
+    match command.as_str() {
+        "check-features" => {
+            for backend in ["wgpu", "cuda"] {
+                eprintln!("xtask: cargo check of the `{backend}` build (target/{backend})");
+                let mut cmd = cargo();
+                cmd.args(["check", "--package", "dmnn-train", "--bins", "--locked"]);
+                with_backend(&mut cmd, backend);
+                let code = status(cmd)?;
+                if code != ExitCode::SUCCESS {
+                    return Ok(code);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        c if DMNN_COMMANDS.contains(&c) => {
+            let backend = take_backend(&mut args)?;
+            let mut cmd = cargo();
+            cmd.args(["run", "--quiet", "--release", "--package", "dmnn-train", "--bin", "dmnn"]);
+            if c == "cost" {
+                // analytic: runs on the CPU build whatever the backend
+                cmd.arg("--").arg(c);
+            } else {
+                with_backend(&mut cmd, &backend);
+                cmd.arg("--").arg(c).args(["--backend", &backend]);
+            }
+            cmd.args(&args);
+            status(cmd)
+        }
+        "-h" | "--help" | "help" => {
+            println!("{}", usage());
+            Ok(ExitCode::SUCCESS)
+        }
+        other => bail!("unknown command '{other}'\n{}", usage()),
+    }
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -11,3 +11,4 @@ pub mod config;
 pub mod train;
 pub mod backend;
 pub mod cli;
+pub mod bench;

@@ -9,7 +9,8 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use dmnn_core::{DmnnConfig, ExecutionMode};
 use dmnn_train::backend::{dispatch, BackendJob};
-use dmnn_train::cli::{Cli, Command, CostArgs, EvalArgs, TrainArgs};
+use dmnn_train::bench::{machine_description, machine_tag, run_bench, write_csv, BenchConfig, BenchRow};
+use dmnn_train::cli::{BenchArgs, Cli, Command, CostArgs, EvalArgs, TrainArgs};
 use dmnn_train::config::DataConfig;
 use dmnn_train::data::{EpochLoader, LoaderConfig, Split};
 use dmnn_train::train::{evaluate, load_run_model, load_split, read_run_config, train, RunOptions};
@@ -20,6 +21,10 @@ fn main() {
         Command::Cost(args) => cost(args),
         Command::Train(args) => run_train(args, false),
         Command::TrainImagenet(args) => run_train(args, true),
+        Command::Bench(args) => {
+            let backend = args.backend.clone();
+            dispatch(backend.backend, backend.device, BenchJob(args))
+        }
         Command::Eval(args) => {
             let backend = args.backend.clone();
             dispatch(backend.backend, backend.device, EvalJob(args))
@@ -208,6 +213,51 @@ impl BackendJob for EvalJob {
         let skipped = loader.skipped().list();
         if !skipped.is_empty() {
             println!("skipped {} unreadable image(s)", skipped.len());
+        }
+        Ok(())
+    }
+}
+
+struct BenchJob(BenchArgs);
+
+fn print_row(r: &BenchRow) {
+    let eff = r.efficiency.map(|e| format!("{e:.2}")).unwrap_or_default();
+    let extra = match (r.mode.as_str(), r.peak_mib) {
+        ("train", _) => format!("{:.1} img/s", r.batch as f64 / (r.ms_median / 1e3)),
+        (_, Some(m)) => format!("peak {m:.0} MiB"),
+        _ => String::new(),
+    };
+    println!(
+        "{:<12} {:>4} {:>5} {:>5.2} {:<7} {:>10.2} {:>10.2} {:>7.3} {:>6} {}",
+        r.model, r.image_size, r.batch, r.rate, r.mode, r.ms_median, r.ms_min, r.macs_ratio, eff, extra
+    );
+}
+
+impl BackendJob for BenchJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
+        let args = self.0;
+        let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
+        if let Some(r) = args.reps {
+            config.reps = r;
+        }
+        let machine = machine_description(name);
+        println!("dmnn bench on {machine}");
+        println!("(Sparse checked equal to Masked within 1e-4 before timing; times are medians of {} runs after warm-up)", config.reps);
+        println!(
+            "{:<12} {:>4} {:>5} {:>5} {:<7} {:>10} {:>10} {:>7} {:>6}",
+            "model", "size", "batch", "rate", "mode", "ms_median", "ms_min", "macs", "eff"
+        );
+        let rows = run_bench::<B>(&config, &device, print_row)?;
+        let out = args.out.unwrap_or_else(|| {
+            let suffix = if args.quick { "-quick" } else { "" };
+            PathBuf::from(format!("results/bench-{}{suffix}.csv", machine_tag(name)))
+        });
+        write_csv(&out, &rows, &machine)?;
+        println!("wrote {}", out.display());
+        if args.compare_pytorch {
+            dmnn_train::bench::compare_pytorch(&rows)?;
         }
         Ok(())
     }

@@ -1,0 +1,113 @@
+//! End-to-end runs of `dmnn train` on the vendored Fashion-MNIST: resume, damaged checkpoints,
+//! non-finite losses, missing data.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use common::*;
+use dmnn_train::train::load_run_model;
+
+/// Every float tensor of the model (parameters and batch-norm statistics), flattened.
+struct Collect(Vec<f32>);
+
+impl ModuleVisitor<Flex> for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
+        self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
+    }
+}
+
+fn weights(dir: &std::path::Path) -> Vec<f32> {
+    let (_, model) = load_run_model::<Flex>(dir, &Default::default()).unwrap();
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+#[test]
+fn resume_after_a_stop_ends_with_the_same_weights() {
+    let tmp = TempDir::new("resume");
+    let full = tmp.path().join("full");
+    let stopped = tmp.path().join("stopped");
+
+    let out = run(dmnn().args(quick_fashion_args(&full, 3)));
+    assert!(out.status.success(), "{}", text(&out));
+
+    // the same run, killed once the checkpoint of epoch 1 is on disk
+    let mut child = dmnn().args(quick_fashion_args(&stopped, 3)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let ckpt = stopped.join("checkpoint");
+    let start = Instant::now();
+    while !["model-1.mpk", "optim-1.mpk", "scheduler-1.mpk"].iter().all(|f| ckpt.join(f).is_file()) {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint of epoch 1 appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // whatever the process managed to write after epoch 1 is gone, as if it died right then
+    for epoch in 2..=3 {
+        for name in ["model", "optim", "scheduler"] {
+            let _ = std::fs::remove_file(ckpt.join(format!("{name}-{epoch}.mpk")));
+        }
+    }
+    let _ = std::fs::remove_file(stopped.join("model.mpk"));
+    let _ = std::fs::remove_file(stopped.join("summary.json"));
+
+    let out = run(dmnn().args(["train", "--plain", "--resume"]).arg(&stopped));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("resuming from the checkpoint of epoch 1"), "{}", text(&out));
+
+    let (a, b) = (weights(&full), weights(&stopped));
+    assert_eq!(a.len(), b.len());
+    let max_diff = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    assert!(max_diff <= 1e-6, "resumed weights differ from the uninterrupted run by {max_diff}");
+    let csv = std::fs::read_to_string(stopped.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "header and one row per epoch:\n{csv}");
+}
+
+#[test]
+fn damaged_checkpoint_is_a_clear_error() {
+    let tmp = TempDir::new("damaged");
+    let dir = tmp.path().join("run");
+    let out = run(dmnn().args(quick_fashion_args(&dir, 1)));
+    assert!(out.status.success(), "{}", text(&out));
+    let model = dir.join("checkpoint/model-1.mpk");
+    let bytes = std::fs::read(&model).unwrap();
+    std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+
+    let out = run(dmnn().args(["train", "--plain", "--resume"]).arg(&dir));
+    assert!(!out.status.success());
+    let msg = text(&out);
+    assert!(msg.contains("model-1.mpk") && msg.contains("truncated or damaged"), "{msg}");
+    // the final model too
+    let final_model = dir.join("model.mpk");
+    let bytes = std::fs::read(&final_model).unwrap();
+    std::fs::write(&final_model, &bytes[..bytes.len() / 3]).unwrap();
+    let err = load_run_model::<Flex>(&dir, &Default::default()).unwrap_err();
+    assert!(format!("{err:#}").contains("model.mpk cannot be loaded (truncated or damaged)"), "{err:#}");
+}
+
+#[test]
+fn non_finite_loss_stops_with_the_step_number() {
+    let tmp = TempDir::new("nan");
+    let dir = tmp.path().join("run");
+    // a learning rate no network survives: the loss overflows within a few steps
+    let out = run(dmnn().args(quick_fashion_args(&dir, 2)).args(["--lr", "1e20", "--grad-clip", "1e30"]));
+    assert!(!out.status.success(), "{}", text(&out));
+    let msg = text(&out);
+    assert!(msg.contains("non-finite loss") && msg.contains("at step"), "{msg}");
+    assert!(!dir.join("summary.json").exists());
+}
+
+#[test]
+fn missing_data_path_exits_non_zero_naming_it() {
+    let tmp = TempDir::new("missing");
+    let out = run(dmnn().args(quick_fashion_args(&tmp.path().join("run"), 1)).args(["--data", "/nonexistent/fashion"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("/nonexistent/fashion"), "{}", text(&out));
+    let out = run(dmnn().args(["train-imagenet", "--plain", "--data", "/nonexistent/imagenet"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("ImageNet directory not found: /nonexistent/imagenet"), "{}", text(&out));
+}
