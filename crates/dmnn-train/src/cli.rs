@@ -261,6 +261,9 @@ pub struct EvalArgs {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Recalibrate batch norms on this many training batches (sparse mode) and report both.
+    #[arg(long, default_value_t = 0)]
+    pub recalibrate_batches: usize,
 }
 
 /// Arguments of `cost`.

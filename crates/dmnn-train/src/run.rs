@@ -314,10 +314,15 @@ impl PlainRenderer {
             self.last_print = Instant::now();
         } else if split == "train" && (new_decile && decile > 0 && !finished || due) {
             let elapsed = self.epoch_start.elapsed().as_secs_f64();
-            let rate = done as f64 / elapsed.max(1e-9);
-            let eta = (total - done.min(total)) as f64 / rate.max(1e-9);
+            let speed = if elapsed > 0.5 {
+                let rate = done as f64 / elapsed;
+                let eta = (total - done.min(total)) as f64 / rate.max(1e-9);
+                format!(", {rate:.0} img/s, epoch ETA {eta:.0} s")
+            } else {
+                String::new()
+            };
             self.log.line(&format!(
-                "epoch {epoch}/{} train {:>3}% ({done}/{total} images, {rate:.0} img/s, epoch ETA {eta:.0} s) | {}",
+                "epoch {epoch}/{} train {:>3}% ({done}/{total} images{speed}) | {}",
                 self.epochs_total,
                 100 * done / total,
                 Self::fmt(&self.train)

@@ -404,9 +404,9 @@ fn validate_checkpoint<B: AutodiffBackend>(config: &TrainConfig, run_dir: &Path,
     recorder
         .load::<<DmnnClassifier<B> as Module<B>>::Record>(dir.join(format!("model-{epoch}")), device)
         .map_err(|e| damaged(&format!("model-{epoch}.mpk"), e))?;
-    Recorder::<B>::load_item::<serde_json::Value>(&recorder, &mut dir.join(format!("optim-{epoch}")))
+    Recorder::<B>::load_item::<serde::de::IgnoredAny>(&recorder, &mut dir.join(format!("optim-{epoch}")))
         .map_err(|e| damaged(&format!("optim-{epoch}.mpk"), e))?;
-    Recorder::<B>::load_item::<serde_json::Value>(&recorder, &mut dir.join(format!("scheduler-{epoch}")))
+    Recorder::<B>::load_item::<serde::de::IgnoredAny>(&recorder, &mut dir.join(format!("scheduler-{epoch}")))
         .map_err(|e| damaged(&format!("scheduler-{epoch}.mpk"), e))?;
     drop(model);
     Ok(())

@@ -230,12 +230,31 @@ fn is_label_file(path: &Path) -> bool {
     path.file_name().is_some_and(|n| LABEL_FILES.contains(&n.to_string_lossy().as_ref()))
 }
 
+/// Whether JPEG bytes end their last scan with an EOI marker. A file cut short decodes "fine"
+/// with a lenient decoder (the missing rows come out grey); PIL and torchvision refuse it as
+/// truncated, and so does dmnn. Entropy-coded data never holds `FF D9` (a data `FF` is always
+/// followed by `00` or a restart marker), and an EXIF thumbnail's EOI comes before the main
+/// image's scans, so the EOI must follow the last start-of-scan marker.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_sos {
+        Some(sos) => bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
 /// Decodes an image file by its content (whatever its extension) into RGB.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, String> {
-    let reader = image::ImageReader::open(path).map_err(|e| e.to_string())?;
-    let reader = reader.with_guessed_format().map_err(|e| e.to_string())?;
-    if reader.format().is_none() {
-        return Err("not an image (unknown format)".into());
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    match reader.format() {
+        None => return Err("not an image (unknown format)".into()),
+        Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => {
+            return Err("truncated JPEG (no end-of-image marker after the last scan)".into())
+        }
+        Some(_) => {}
     }
     let image = reader.decode().map_err(|e| e.to_string())?;
     Ok(image.to_rgb8())
@@ -266,5 +285,28 @@ impl ImageSource for ImageFolder {
 
     fn describe(&self) -> String {
         format!("ImageNet-layout folder {} ({} images, {} classes)", self.root.display(), self.entries.len(), self.classes.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_photos_by_content_and_rejects_truncated_jpegs() {
+        let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/photos");
+        for name in ["chelsea.jpg", "camera.jpg", "chelsea_cmyk.jpg"] {
+            let img = decode_rgb(&photos.join(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(img.width() > 0, "{name}");
+        }
+        // CMYK comes out as plausible colours: the cat photo is not mostly black or white
+        let cmyk = decode_rgb(&photos.join("chelsea_cmyk.jpg")).unwrap();
+        let rgb = decode_rgb(&photos.join("chelsea.jpg")).unwrap();
+        let mean = |im: &RgbImage| im.pixels().map(|p| p.0.iter().map(|&v| v as f64).sum::<f64>() / 3.0).sum::<f64>() / (im.width() * im.height()) as f64;
+        assert!((mean(&cmyk) - mean(&rgb)).abs() < 25.0, "CMYK mean {} vs RGB mean {}", mean(&cmyk), mean(&rgb));
+        let bytes = std::fs::read(photos.join("chelsea.jpg")).unwrap();
+        assert!(jpeg_is_complete(&bytes));
+        assert!(!jpeg_is_complete(&bytes[..bytes.len() / 2]));
+        assert!(!jpeg_is_complete(&bytes[..bytes.len() - 2]));
     }
 }
