@@ -29,6 +29,7 @@ mod cost;
 mod network;
 mod norm;
 pub mod presets;
+pub mod weights;
 
 pub use block::*;
 pub use config::*;

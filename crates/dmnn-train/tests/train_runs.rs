@@ -111,3 +111,29 @@ fn missing_data_path_exits_non_zero_naming_it() {
     assert!(!out.status.success());
     assert!(text(&out).contains("ImageNet directory not found: /nonexistent/imagenet"), "{}", text(&out));
 }
+
+#[test]
+fn ablation_switches_each_train() {
+    let tmp = TempDir::new("ablation");
+    for (prev, category) in [("none", "off"), ("gru", "off"), ("none", "on"), ("gru", "on"), ("lstm", "on")] {
+        let dir = tmp.path().join(format!("{prev}-{category}"));
+        let out = run(dmnn().args(quick_fashion_args(&dir, 1)).args(["--prev-state", prev, "--category-head", category]));
+        assert!(out.status.success(), "{prev}/{category}: {}", text(&out));
+        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let controller = &config["model"]["controller"];
+        assert_eq!(controller["prev_state"], prev);
+        assert_eq!(controller["category_head"], category == "on");
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let row: Vec<&str> = csv.lines().nth(1).unwrap().split(',').collect();
+        let aux = row[header.iter().position(|h| *h == "train_aux_loss").unwrap()].parse::<f64>().unwrap();
+        // without category heads there is no auxiliary loss
+        assert_eq!(aux == 0.0, category == "off", "{prev}/{category}: train_aux_loss {aux}");
+        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        assert!(summary["test_accuracy"].as_f64().unwrap() > 0.1, "{prev}/{category} learned nothing");
+    }
+    // a static model has no controllers to ablate
+    let out = run(dmnn().args(quick_fashion_args(&tmp.path().join("static"), 1)).args(["--model", "resnet_small", "--prev-state", "none"]));
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is static (no controllers)"), "{}", text(&out));
+}

@@ -1,0 +1,140 @@
+//! Parity with torchvision. The fixtures in `tests/fixtures/` come from
+//! `scripts/make_torchvision_fixtures.py`: small ResNets built from torchvision's own
+//! `BasicBlock` / `Bottleneck` and `ResNet.forward` (widths 4/8/16/32, stem 8, 10 classes),
+//! seeded random weights and batch-norm statistics, eval mode, saved as `.pth` and
+//! `.safetensors`, with an input batch and torchvision's logits for it.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Tensor, TensorData};
+use dmnn_core::weights::{load_torchvision, save_torchvision, ImportOptions, WeightsError};
+use dmnn_core::{BlockKind, Dmnn, DmnnConfig, ExecutionMode, ForwardOptions};
+
+type B = Flex;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+struct Io {
+    config: DmnnConfig,
+    input: Tensor<B, 4>,
+    logits: Vec<f32>,
+}
+
+fn io(name: &str) -> Io {
+    let text = std::fs::read_to_string(fixture(&format!("{name}_io.json"))).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let list = |k: &str| -> Vec<usize> { v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect() };
+    let floats = |k: &str| -> Vec<f32> { v[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    let block = if v["block"] == "BasicBlock" { BlockKind::Basic } else { BlockKind::Bottleneck };
+    let config = DmnnConfig::new(name.into(), v["num_classes"].as_u64().unwrap() as usize, block, list("layers"), list("widths"))
+        .with_stem_width(v["stem"].as_u64().unwrap() as usize)
+        .with_image_size(32);
+    let shape = list("input_shape");
+    let input = Tensor::from_data(TensorData::new(floats("input"), [shape[0], shape[1], shape[2], shape[3]]), &Default::default());
+    Io { config, input, logits: floats("logits") }
+}
+
+fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
+    assert_eq!(ours.len(), theirs.len());
+    let scale = theirs.iter().fold(0f32, |m, v| m.max(v.abs())).max(1.0);
+    for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
+        assert!((a - b).abs() <= 1e-4 * scale, "{what}: logit {i}: ours {a}, torchvision {b}");
+    }
+}
+
+#[test]
+fn logits_match_torchvision() {
+    for name in ["tv_basic", "tv_bottleneck"] {
+        let io = io(name);
+        for file in [format!("{name}.pth"), format!("{name}.safetensors")] {
+            let model = io.config.init::<B>(&Default::default());
+            let model = load_torchvision(model, &fixture(&file), ImportOptions::default()).unwrap();
+            let logits: Vec<f32> = model.forward(io.input.clone()).logits.into_data().to_vec().unwrap();
+            assert_close(&logits, &io.logits, &file);
+        }
+    }
+}
+
+struct Collect(Vec<(Vec<usize>, Vec<f32>)>);
+
+impl ModuleVisitor<B> for Collect {
+    fn visit_float<const D: usize>(&mut self, p: &Param<Tensor<B, D>>) {
+        let t = p.val();
+        self.0.push((t.dims().to_vec(), t.into_data().to_vec().unwrap()));
+    }
+}
+
+fn tensors(model: &Dmnn<B>) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let mut c = Collect(Vec::new());
+    model.visit(&mut c);
+    c.0
+}
+
+#[test]
+fn export_then_import_is_bit_identical() {
+    let tmp = std::env::temp_dir().join(format!("dmnn-roundtrip-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    let io = io("tv_bottleneck");
+    let small = DmnnConfig::preset("dmnn_small").unwrap();
+    for config in [io.config.clone(), small] {
+        let device = Default::default();
+        let x = Tensor::<B, 4>::random([2, config.in_channels, 32, 32], burn::tensor::Distribution::Default, &device);
+        let model = config.init::<B>(&device);
+        let before = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked)).logits.into_data();
+        let path = tmp.join(format!("{}.safetensors", config.name));
+        save_torchvision(&model, &path).unwrap();
+        let again = load_torchvision(config.init::<B>(&device), &path, ImportOptions::default()).unwrap();
+        assert_eq!(tensors(&model), tensors(&again), "{}: weights differ after the round trip", config.name);
+        let after = again.forward_with(x, ForwardOptions::mode(ExecutionMode::Masked)).logits.into_data();
+        before.assert_eq(&after, true);
+    }
+    std::fs::remove_dir_all(tmp).unwrap();
+}
+
+fn load_err(file: &str) -> String {
+    let model = io("tv_basic").config.init::<B>(&Default::default());
+    let err: WeightsError = load_torchvision(model, &fixture(file), ImportOptions::default()).unwrap_err();
+    err.to_string()
+}
+
+#[test]
+fn bad_checkpoints_name_the_key() {
+    let e = load_err("tv_basic_missing.safetensors");
+    assert!(e.contains("missing key 'layer2.0.conv1.weight'"), "{e}");
+    let e = load_err("tv_basic_extra.safetensors");
+    assert!(e.contains("unexpected key 'layer2.0.conv9.weight'"), "{e}");
+    let e = load_err("tv_basic_shape.safetensors");
+    assert!(e.contains("key 'layer3.0.bn2.running_var' has shape [5] in the checkpoint but [16] in the model"), "{e}");
+    // not a checkpoint at all: an error, not a panic
+    let e = load_err("tv_basic_io.json");
+    assert!(e.contains("not a PyTorch (.pth) or safetensors checkpoint"), "{e}");
+    let e = load_err("no_such_file.pth");
+    assert!(e.contains("no_such_file.pth"), "{e}");
+}
+
+#[test]
+fn another_class_count_needs_a_new_head() {
+    let io = io("tv_basic");
+    let config = io.config.clone().with_num_classes_of(7);
+    let model = config.init::<B>(&Default::default());
+    let e = load_torchvision(model, &fixture("tv_basic.pth"), ImportOptions::default()).unwrap_err().to_string();
+    assert!(e.contains("key 'fc.") && e.contains("in the checkpoint") && e.contains("another number of classes"), "{e}");
+    let model = config.init::<B>(&Default::default());
+    let model = load_torchvision(model, &fixture("tv_basic.pth"), ImportOptions { allow_new_head: true }).unwrap();
+    assert_eq!(model.forward(io.input).logits.dims(), [2, 7]);
+}
+
+trait WithClasses {
+    fn with_num_classes_of(self, k: usize) -> Self;
+}
+
+impl WithClasses for DmnnConfig {
+    fn with_num_classes_of(mut self, k: usize) -> Self {
+        self.num_classes = k;
+        self
+    }
+}
