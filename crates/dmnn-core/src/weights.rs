@@ -364,3 +364,158 @@ pub fn save_torchvision<B: Backend>(model: &Dmnn<B>, path: &Path) -> Result<(), 
 pub fn float_dtype() -> DType {
     DType::F32
 }
+
+/// A row-major float tensor on the host.
+#[derive(Debug, Clone)]
+struct HostTensor {
+    shape: Vec<usize>,
+    data: Vec<f32>,
+}
+
+impl HostTensor {
+    fn of(snapshot: &TensorSnapshot) -> Self {
+        let data = snapshot.to_data().expect("tensor data").convert::<f32>();
+        Self { shape: data.shape.to_vec(), data: data.to_vec::<f32>().expect("f32 values") }
+    }
+
+    /// Strides of the shape.
+    fn strides(&self) -> Vec<usize> {
+        let mut s = vec![1; self.shape.len()];
+        for d in (0..self.shape.len().saturating_sub(1)).rev() {
+            s[d] = s[d + 1] * self.shape[d + 1];
+        }
+        s
+    }
+
+    /// Copies `src[src_start0.., src_start1..]` into `self[0..n0, 0..n1]` over the first two
+    /// dimensions (the rest whole).
+    fn copy_block(&mut self, src: &HostTensor, n: [usize; 2], src_start: [usize; 2], dst_start: [usize; 2]) {
+        let inner: usize = self.shape.get(2..).map_or(1, |s| s.iter().product());
+        let (ds, ss) = (self.strides(), src.strides());
+        for a in 0..n[0] {
+            for b in 0..n[1] {
+                let d = (dst_start[0] + a) * ds[0] + if self.shape.len() > 1 { (dst_start[1] + b) * ds[1] } else { 0 };
+                let s = (src_start[0] + a) * ss[0] + if src.shape.len() > 1 { (src_start[1] + b) * ss[1] } else { 0 };
+                self.data[d..d + inner].copy_from_slice(&src.data[s..s + inner]);
+            }
+        }
+    }
+
+    /// Sets `self[r0.., c0..]` (first two dimensions) to zero.
+    fn zero_block(&mut self, rows: std::ops::Range<usize>, cols: std::ops::Range<usize>) {
+        let inner: usize = self.shape.get(2..).map_or(1, |s| s.iter().product());
+        let st = self.strides();
+        for a in rows {
+            for b in cols.clone() {
+                let d = a * st[0] + b * st[1];
+                self.data[d..d + inner].fill(0.0);
+            }
+        }
+    }
+}
+
+/// How [`init_from_resnet`] built the multi-path network.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InitReport {
+    /// Channels of every path taken from the ResNet (its width divided by the number of paths).
+    pub shared_width: Vec<usize>,
+    /// Channels of every path that start fresh (path width − shared width), per stage.
+    pub fresh_width: Vec<usize>,
+    /// Parameters of the ResNet's 3x3 bottleneck convolutions that no path receives (the
+    /// off-diagonal blocks): the only part of a same-width ResNet that is lost.
+    pub dropped_params: usize,
+}
+
+/// Starts a multi-path network from a trained ResNet of the same depth (DESIGN §3 layout).
+///
+/// Path `i` of a block takes the ResNet's channels `[i·w/N, (i+1)·w/N)`: those output channels of
+/// `conv1`, the matching diagonal block of the bottleneck's `conv2` (its off-diagonal blocks are
+/// lost), those input columns of the last convolution, and the matching slices of the inner batch
+/// norms. The last batch norm of every path gets the ResNet's scale and variance and `1/N` of its
+/// shift and mean, so that with every path on, in eval mode, the paths sum to the ResNet's block
+/// exactly (a basic block is reproduced exactly; a bottleneck up to the lost off-diagonal blocks).
+/// Wider paths (e.g. 2x40d from a 64-wide ResNet) keep their extra channels freshly initialised,
+/// with zero weights from them into the shared channels and into the block output, so the network
+/// starts as the sliced ResNet and the extra channels grow in training. Stem, shortcuts and
+/// classifier are copied; controllers start fresh.
+///
+/// # Panics
+/// If the two configurations differ in anything but the paths and the controller, or the ResNet
+/// width is not divisible by the number of paths, or a path is narrower than its share.
+pub fn init_from_resnet<B: Backend>(dmnn: Dmnn<B>, resnet: &Dmnn<B>) -> (Dmnn<B>, InitReport) {
+    let (d, r) = (&dmnn.config, &resnet.config);
+    assert!(
+        r.num_paths == 1 && d.block == r.block && d.stage_depths == r.stage_depths && d.stage_widths == r.stage_widths
+            && d.stem == r.stem && d.stem_width == r.stem_width && d.in_channels == r.in_channels,
+        "init_from_resnet: '{}' (blocks {:?}, widths {:?}) is not a multi-path version of the one-path '{}' (blocks {:?}, widths {:?})",
+        d.name, d.stage_depths, d.stage_widths, r.name, r.stage_depths, r.stage_widths
+    );
+    let n = d.num_paths;
+    let mut shared_width = Vec::new();
+    let mut fresh_width = Vec::new();
+    for (s, &w) in r.stage_widths.iter().enumerate() {
+        let p = d.path_width(s);
+        assert!(w % n == 0, "init_from_resnet: stage width {w} of '{}' is not divisible by num_paths={n}", r.name);
+        assert!(p >= w / n, "init_from_resnet: path width {p} of '{}' is narrower than its share {} of stage {s}", d.name, w / n);
+        shared_width.push(w / n);
+        fresh_width.push(p - w / n);
+    }
+    let source: HashMap<String, HostTensor> =
+        resnet.collect(None, None, false).iter().map(|s| (s.full_path(), HostTensor::of(s))).collect();
+    let mut dropped_params = 0;
+    let mut out = Vec::new();
+    for snap in dmnn.collect(None, None, false) {
+        let key = snap.full_path();
+        let mut t = HostTensor::of(&snap);
+        let parts: Vec<&str> = key.split('.').collect();
+        match parts.as_slice() {
+            ["controller", ..] => continue, // fresh
+            ["layers", s, b, "paths", i, module, param] => {
+                let (stage, i): (usize, usize) = (s.parse().unwrap(), i.parse().unwrap());
+                let ps = shared_width[stage];
+                let src = &source[&format!("layers.{s}.{b}.paths.0.{module}.{param}")];
+                let last = matches!((d.block, *module), (crate::BlockKind::Bottleneck, "conv3" | "bn3") | (crate::BlockKind::Basic, "conv2" | "bn2"));
+                match (*module, last) {
+                    (m, true) if m.starts_with("bn") => {
+                        t = src.clone();
+                        if *param == "beta" || *param == "running_mean" {
+                            t.data.iter_mut().for_each(|v| *v /= n as f32);
+                        }
+                    }
+                    (_, true) => {
+                        // [C_out, p, k, k]: take the input columns of this path, zero the fresh ones
+                        let c_out = t.shape[0];
+                        t.copy_block(src, [c_out, ps], [0, i * ps], [0, 0]);
+                        t.zero_block(0..c_out, ps..t.shape[1]);
+                    }
+                    (m, false) if m.starts_with("bn") => {
+                        t.copy_block(src, [ps, 1], [i * ps, 0], [0, 0]);
+                    }
+                    ("conv1", false) => {
+                        let c_in = t.shape[1];
+                        t.copy_block(src, [ps, c_in], [i * ps, 0], [0, 0]);
+                    }
+                    _ => {
+                        // bottleneck conv2 [p, p, 3, 3]: the diagonal block; fresh inputs to
+                        // shared outputs start at zero
+                        t.copy_block(src, [ps, ps], [i * ps, i * ps], [0, 0]);
+                        t.zero_block(0..ps, ps..t.shape[1]);
+                        if i == 0 {
+                            let w = src.shape[0];
+                            dropped_params += (w * w - n * ps * ps) * src.shape[2] * src.shape[3];
+                        }
+                    }
+                }
+            }
+            _ => {
+                t = source.get(&key).unwrap_or_else(|| panic!("init_from_resnet: '{}' has no tensor '{key}'", r.name)).clone();
+            }
+        }
+        let data = TensorData::new(t.data, t.shape);
+        out.push(TensorSnapshot::from_data(data, parts.iter().map(|p| p.to_string()).collect(), Vec::new(), ParamId::new()));
+    }
+    let mut dmnn = dmnn;
+    let result = dmnn.apply(out, None, None, false);
+    assert!(result.errors.is_empty(), "init_from_resnet: {:?}", result.errors);
+    (dmnn, InitReport { shared_width, fresh_width, dropped_params })
+}

@@ -138,3 +138,50 @@ impl WithClasses for DmnnConfig {
         self
     }
 }
+
+/// The same network split into two gated paths with a controller; `extra` fresh channels per path.
+fn two_path(config: &DmnnConfig, extra: usize) -> DmnnConfig {
+    let mut d = config.clone();
+    d.num_paths = 2;
+    d.path_widths = Some(config.stage_widths.iter().map(|w| w / 2 + extra).collect());
+    d.controller = Some(dmnn_core::gate::ControllerConfig::new().with_hidden_size(8));
+    d.name = format!("{}_2p", config.name);
+    d
+}
+
+fn all_on_logits(model: &Dmnn<B>, x: Tensor<B, 4>) -> Vec<f32> {
+    let [batch, ..] = x.dims();
+    let gates = (0..model.num_blocks()).map(|_| Tensor::<B, 2>::ones([batch, 2], &Default::default())).collect();
+    model.forward_with(x, ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates)).logits.into_data().to_vec().unwrap()
+}
+
+#[test]
+fn dmnn_from_resnet_starts_where_the_resnet_is() {
+    let device = Default::default();
+    // basic blocks split exactly: all paths on is the ResNet
+    let basic = io("tv_basic");
+    let resnet = load_torchvision(basic.config.init::<B>(&device), &fixture("tv_basic.pth"), ImportOptions::default()).unwrap();
+    let (dmnn, report) = dmnn_core::weights::init_from_resnet(two_path(&basic.config, 0).init::<B>(&device), &resnet);
+    assert_eq!(report.dropped_params, 0);
+    assert_close(&all_on_logits(&dmnn, basic.input.clone()), &basic.logits, "basic, 2 paths from the ResNet");
+
+    // bottlenecks lose the off-diagonal blocks of conv2: close, not equal
+    let io = io_of("tv_bottleneck");
+    let resnet = load_torchvision(io.config.init::<B>(&device), &fixture("tv_bottleneck.pth"), ImportOptions::default()).unwrap();
+    let (same, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 0).init::<B>(&device), &resnet);
+    // per block: w² − 2·(w/2)² = w²/2 weights of the 3x3, times 9
+    let expected: usize = [(4, 1), (8, 2), (16, 1), (32, 1)].iter().map(|(w, blocks)| blocks * 9 * w * w / 2).sum();
+    assert_eq!(report.dropped_params, expected);
+    let split = all_on_logits(&same, io.input.clone());
+    let diff = split.iter().zip(&io.logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let scale = io.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
+    assert!(diff > 1e-3 && diff < scale, "bottleneck split: max logit difference {diff} (scale {scale})");
+    // wider paths start as the same-width split: the extra channels add nothing yet
+    let (wide, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 2).init::<B>(&device), &resnet);
+    assert_eq!(report.fresh_width, vec![2, 2, 2, 2]);
+    assert_close(&all_on_logits(&wide, io.input.clone()), &split, "2 fresh channels per path");
+}
+
+fn io_of(name: &str) -> Io {
+    io(name)
+}

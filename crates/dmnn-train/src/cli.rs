@@ -33,6 +33,10 @@ pub enum Command {
     Eval(EvalArgs),
     /// Analytic parameters and GMACs of a model.
     Cost(CostArgs),
+    /// Build a model from torchvision ResNet weights (paths sliced from the ResNet) into a run directory.
+    InitFromTorchvision(InitArgs),
+    /// Export a run's network as safetensors with torchvision key names.
+    Export(ExportArgs),
     /// Sparse vs Masked vs static inference time, training throughput, ResNet-50 references.
     Bench(BenchArgs),
 }
@@ -223,6 +227,13 @@ pub struct TrainArgs {
     /// BN recalibration batches after training (sparse mode), reported beside the plain result.
     #[arg(long, help_heading = "Run")]
     pub recalibrate_batches: Option<usize>,
+    /// Start from these weights: torchvision .pth/.safetensors (sliced into paths for DMNN
+    /// presets), a dmnn export, or a run's model.mpk.
+    #[arg(long, help_heading = "Model")]
+    pub initial_weights: Option<PathBuf>,
+    /// With --initial-weights: train a fresh classifier when the class count differs.
+    #[arg(long, help_heading = "Model")]
+    pub new_head: bool,
     /// Plain progress lines even on a terminal (no TUI).
     #[arg(long, help_heading = "Run")]
     pub plain: bool,
@@ -264,6 +275,40 @@ pub struct EvalArgs {
     /// Recalibrate batch norms on this many training batches (sparse mode) and report both.
     #[arg(long, default_value_t = 0)]
     pub recalibrate_batches: usize,
+    /// Evaluate these weights instead of the run's (torchvision or dmnn; see train --initial-weights).
+    #[arg(long)]
+    pub initial_weights: Option<PathBuf>,
+}
+
+/// Arguments of `init-from-torchvision`.
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// torchvision checkpoint (.pth or .safetensors), read from a local path.
+    #[arg(long)]
+    pub weights: PathBuf,
+    /// Model preset to build (resnet* load directly; dmnn* are sliced from the ResNet of the same depth).
+    #[arg(long)]
+    pub model: String,
+    /// Run directory to write (config.json, model.mpk).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Number of classes (default: the preset's).
+    #[arg(long)]
+    pub num_classes: Option<usize>,
+    /// Keep a fresh classifier when the checkpoint's class count differs.
+    #[arg(long)]
+    pub new_head: bool,
+}
+
+/// Arguments of `export`.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    /// Run directory.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// Output .safetensors file.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 /// Arguments of `cost`.
@@ -472,6 +517,12 @@ impl TrainArgs {
         }
         if let Some(v) = self.recalibrate_batches {
             c.recalibrate_batches = v;
+        }
+        if self.initial_weights.is_some() {
+            c.initial_weights = self.initial_weights.clone();
+        }
+        if self.new_head {
+            c.new_head = true;
         }
         if let Some(v) = d.workers {
             c.workers = v;

@@ -104,6 +104,13 @@ pub struct TrainConfig {
     /// Data decoding threads (0: one per core).
     #[config(default = 0)]
     pub workers: usize,
+    /// Start from these weights: a torchvision checkpoint (.pth / .safetensors; multi-path
+    /// models are sliced from it), a dmnn export, or a run's `model.mpk`.
+    #[config(default = "None")]
+    pub initial_weights: Option<PathBuf>,
+    /// With `initial_weights`: keep a fresh classifier when the class count differs.
+    #[config(default = false)]
+    pub new_head: bool,
 }
 
 impl TrainConfig {

@@ -10,11 +10,11 @@ use clap::Parser;
 use dmnn_core::{DmnnConfig, ExecutionMode};
 use dmnn_train::backend::{dispatch, BackendJob};
 use dmnn_train::bench::{machine_description, machine_tag, run_bench, write_csv, BenchConfig, BenchRow};
-use dmnn_train::cli::{BenchArgs, Cli, Command, CostArgs, EvalArgs, TrainArgs};
+use dmnn_train::cli::{BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, TrainArgs};
 use dmnn_train::config::DataConfig;
 use dmnn_train::data::{EpochLoader, LoaderConfig, Split};
 use burn::module::{AutodiffModule, Module};
-use dmnn_train::train::{evaluate, load_run_model, load_split, read_run_config, recalibrate_bn, train, RunOptions};
+use dmnn_train::train::{evaluate, initial_weights, load_run_model, load_split, read_run_config, recalibrate_bn, train, RunOptions};
 
 fn main() {
     let cli = Cli::parse();
@@ -22,6 +22,8 @@ fn main() {
         Command::Cost(args) => cost(args),
         Command::Train(args) => run_train(args, false),
         Command::TrainImagenet(args) => run_train(args, true),
+        Command::InitFromTorchvision(args) => init_from_torchvision(args),
+        Command::Export(args) => export(args),
         Command::Bench(args) => {
             let backend = args.backend.clone();
             dispatch(backend.backend, backend.device, BenchJob(args))
@@ -143,6 +145,14 @@ impl BackendJob for EvalJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, _name: &str) -> Result<()> {
         let args = self.0;
         let (config, model) = load_run_model::<B::InnerBackend>(&args.checkpoint, &device)?;
+        let model = match &args.initial_weights {
+            Some(path) => {
+                let (m, note) = initial_weights(model, path, false, &device)?;
+                eprintln!("{note}");
+                m
+            }
+            None => model,
+        };
         let model = match args.threshold {
             Some(t) => model.with_threshold(t),
             None => model,
@@ -285,4 +295,51 @@ impl BackendJob for BenchJob {
         }
         Ok(())
     }
+}
+
+fn init_from_torchvision(args: InitArgs) -> Result<()> {
+    use burn::backend::Flex;
+    use burn::record::Recorder;
+    let mut model_config = DmnnConfig::preset(&args.model)?;
+    if let Some(k) = args.num_classes {
+        model_config.num_classes = k;
+    }
+    let device = Default::default();
+    let model = model_config.init::<Flex>(&device);
+    let (model, note) = initial_weights(model, &args.weights, args.new_head, &device)?;
+    println!("{note}");
+    // how far the all-paths-on model starts from the ResNet: same random batch through both
+    if model_config.is_dynamic() {
+        let mut resnet_config = model_config.clone();
+        resnet_config.num_paths = 1;
+        resnet_config.path_widths = None;
+        resnet_config.controller = None;
+        let resnet = dmnn_core::weights::load_torchvision(resnet_config.init::<Flex>(&device), &args.weights, dmnn_core::weights::ImportOptions { allow_new_head: args.new_head })?;
+        let size = model_config.image_size;
+        let x = burn::tensor::Tensor::<Flex, 4>::random([4, model_config.in_channels, size, size], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
+        let gates = (0..model.num_blocks()).map(|_| burn::tensor::Tensor::<Flex, 2>::ones([4, model_config.num_paths], &device)).collect();
+        let a = model.forward_with(x.clone(), dmnn_core::ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates)).logits;
+        let b = resnet.forward(x).logits;
+        let rel = ((a.clone() - b.clone()).powi_scalar(2).sum().sqrt() / b.clone().powi_scalar(2).sum().sqrt()).into_scalar();
+        let agree = a.argmax(1).equal(b.argmax(1)).int().sum().into_scalar();
+        println!("all paths on vs the ResNet on 4 random {size}px images: relative logit difference {rel:.4}, same top-1 on {agree}/4");
+    }
+    let imagenet = model_config.in_channels == 3 && model_config.image_size >= 64;
+    let mut config = if imagenet { dmnn_train::cli::imagenet_defaults(PathBuf::new()) } else { dmnn_train::cli::fashion_mnist_defaults() };
+    config.model = model_config;
+    config.initial_weights = Some(args.weights.clone());
+    config.new_head = args.new_head;
+    std::fs::create_dir_all(&args.out)?;
+    dmnn_train::run::write_atomic(&args.out.join("config.json"), serde_json::to_string_pretty(&config)?.as_bytes())?;
+    Recorder::<Flex>::record(&dmnn_train::run::AtomicRecorder::default(), model.into_record(), args.out.join("model"))?;
+    println!("wrote {} (config.json, model.mpk): `dmnn eval --checkpoint {} --data ...`", args.out.display(), args.out.display());
+    Ok(())
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    use burn::backend::Flex;
+    let (_, model) = load_run_model::<Flex>(&args.checkpoint, &Default::default())?;
+    dmnn_core::weights::save_torchvision(&model, &args.out)?;
+    println!("wrote {} ({} with torchvision key names)", args.out.display(), model.config.name);
+    Ok(())
 }

@@ -217,7 +217,12 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
     let start_epoch = checkpoint.unwrap_or(0);
 
     let progress = TrainProgress::new(config.epochs * steps_per_epoch, steps_per_epoch, start_epoch * steps_per_epoch);
-    let model = config.model.init::<B>(&device);
+    let mut model = config.model.init::<B>(&device);
+    if let (Some(path), None) = (&config.initial_weights, checkpoint) {
+        let (m, note) = initial_weights(model, path, config.new_head, &device)?;
+        model = m;
+        log.line(&note);
+    }
     let cost = config.model.cost([config.model.image_size; 2]);
     let image_size = {
         let [_, h, w] = train_source.image_shape();
@@ -466,3 +471,46 @@ pub fn load_run_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Tra
 
 /// Keeps `ClassificationBatch` in the public API docs of this module.
 pub type Batch<B> = ClassificationBatch<B>;
+
+/// Loads starting weights into `model`: a run directory or `.mpk` record of dmnn, or a
+/// torchvision-format checkpoint (multi-path models are sliced from the one-path ResNet of the
+/// same configuration, see [`dmnn_core::weights::init_from_resnet`]). Returns a note for the log.
+pub fn initial_weights<B: Backend>(model: Dmnn<B>, path: &Path, new_head: bool, device: &B::Device) -> Result<(Dmnn<B>, String)> {
+    use dmnn_core::weights::{init_from_resnet, load_torchvision, ImportOptions};
+    let is_record = path.is_dir() || path.extension().is_some_and(|e| e == "mpk");
+    if is_record {
+        let file = if path.is_dir() { path.join("model.mpk") } else { path.to_path_buf() };
+        let record = AtomicRecorder::default()
+            .load(file.with_extension(""), device)
+            .with_context(|| format!("{} cannot be loaded as a dmnn model record of '{}'", file.display(), model.config.name))?;
+        return Ok((model.load_record(record), format!("initial weights: dmnn record {}", file.display())));
+    }
+    let options = ImportOptions { allow_new_head: new_head };
+    if model.config.num_paths == 1 {
+        let name = model.config.name.clone();
+        let model = load_torchvision(model, path, options)?;
+        return Ok((model, format!("initial weights: {} loaded into {name}", path.display())));
+    }
+    // a DMNN export of the same model loads directly; a ResNet is sliced into paths
+    let direct = dmnn_core::weights::read_checkpoint(path)?.keys().any(|k| k.contains(".paths.") || k.starts_with("controller."));
+    if direct {
+        let model = load_torchvision(model, path, options)?;
+        return Ok((model, format!("initial weights: dmnn export {}", path.display())));
+    }
+    let mut resnet_config = model.config.clone();
+    resnet_config.num_paths = 1;
+    resnet_config.path_widths = None;
+    resnet_config.controller = None;
+    resnet_config.name = format!("{}-source", model.config.name);
+    let resnet = load_torchvision(resnet_config.init::<B>(device), path, options)?;
+    let (model, report) = init_from_resnet(model, &resnet);
+    let note = format!(
+        "initial weights: {} sliced from the ResNet in {}: per path {:?} channels from the ResNet, {:?} fresh; {} weights of 3x3 convolutions dropped (off-diagonal blocks)",
+        model.config.name,
+        path.display(),
+        report.shared_width,
+        report.fresh_width,
+        report.dropped_params
+    );
+    Ok((model, note))
+}
