@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 use dmnn_gate::{Controller, ControllerState};
 use serde::{Deserialize, Serialize};
 
-use crate::block::{conv, MultiPathBlock};
+use crate::block::{conv, inverse_order, reorder_rows, MultiPathBlock, PathSelection};
 use crate::config::{DmnnConfig, StemKind};
 use crate::cost::CostReport;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
@@ -282,14 +282,32 @@ impl<B: Backend> Dmnn<B> {
         let mut all_gates = Vec::with_capacity(num_blocks);
         let mut aux_logits = Vec::new();
         let mut gated_macs = Tensor::<B, 1>::zeros([batch_size], &device);
+        // Sparse execution reorders the batch block after block (see `PathSelection`): row `k`
+        // of `x` is sample `order[k]`. Gates, noise and outputs are kept in the caller's order.
+        let mut order: Option<Vec<usize>> = None;
+        let to_current = |t: Tensor<B, 2>, order: &Option<Vec<usize>>| match order {
+            Some(o) => reorder_rows(t, o),
+            None => t,
+        };
+        let to_caller = |t: Tensor<B, 2>, order: &Option<Vec<usize>>| match order {
+            Some(o) => reorder_rows(t, &inverse_order(o)),
+            None => t,
+        };
         for (l, block) in self.blocks().enumerate() {
+            // gates in the current row order
             let gates = match (fixed_gates.as_mut(), &self.controller) {
-                (Some(given), _) => Some(given.next().expect("one gate tensor per block")),
+                (Some(given), _) => Some(to_current(given.next().expect("one gate tensor per block"), &order)),
                 (None, Some(controller)) => {
                     let out = controller.forward(l, x.clone(), state);
                     state = out.state;
-                    aux_logits.extend(out.aux_logits);
-                    let block_noise = noise.as_mut().and_then(Iterator::next);
+                    aux_logits.extend(out.aux_logits.map(|a| to_caller(a, &order)));
+                    let block_noise = noise.as_mut().and_then(Iterator::next).map(|n| match &order {
+                        Some(o) => {
+                            let [b, p, two] = n.dims();
+                            reorder_rows(n.reshape([b, p * two]), o).reshape([b, p, two])
+                        }
+                        None => n,
+                    });
                     Some(controller.gates(out.logits, block_noise))
                 }
                 (None, None) => None,
@@ -302,17 +320,31 @@ impl<B: Backend> Dmnn<B> {
                     block.forward(x)
                 }
                 Some(g) => {
-                    let open = g.clone().sum_dim(1).reshape([batch_size]); // [B]
+                    let caller_gates = to_caller(g.clone(), &order);
+                    let open = caller_gates.clone().sum_dim(1).reshape([batch_size]); // [B]
                     gated_macs = gated_macs + open.mul_scalar(path_macs);
-                    all_gates.push(g.clone());
+                    all_gates.push(caller_gates);
                     match mode {
-                        ExecutionMode::Sparse => block.forward_sparse(x, g),
+                        ExecutionMode::Sparse => {
+                            block.check_gates(&x, &g);
+                            let plan = PathSelection::from_gates(&g);
+                            if plan.is_identity() {
+                                block.forward_planned(x, Some(g), &plan)
+                            } else {
+                                let x = reorder_rows(x, &plan.order);
+                                let g = reorder_rows(g, &plan.order);
+                                state = state.reorder_rows(&plan.order);
+                                let previous = order.take().unwrap_or_else(|| (0..batch_size).collect());
+                                order = Some(plan.order.iter().map(|&k| previous[k]).collect());
+                                block.forward_planned(x, Some(g), &plan)
+                            }
+                        }
                         _ => block.forward_masked(x, g),
                     }
                 }
             };
         }
-        let logits = self.forward_head(x);
+        let logits = to_caller(self.forward_head(x), &order);
         let macs = gated_macs.clone().add_scalar(cost.ungated_macs() as f64);
         DmnnOutput {
             logits,

@@ -261,6 +261,17 @@ impl<B: Backend> ControllerState<B> {
     pub fn hidden(&self) -> Option<&Tensor<B, 2>> {
         self.hidden.as_ref()
     }
+
+    /// The state with its rows reordered (`new[k] = old[order[k]]`), for a batch that sparse
+    /// execution reordered.
+    pub fn reorder_rows(self, order: &[usize]) -> Self {
+        let pick = |t: Tensor<B, 2>| {
+            let index: Vec<i64> = order.iter().map(|&b| b as i64).collect();
+            let index = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(index, [order.len()]), &t.device());
+            t.select(0, index)
+        };
+        Self { hidden: self.hidden.map(pick), cell: self.cell.map(pick) }
+    }
 }
 
 /// What a block's controller produces.

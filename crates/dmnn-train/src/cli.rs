@@ -59,6 +59,9 @@ pub struct BenchArgs {
     /// Also run scripts/bench_pytorch.py (torchvision resnet50, 2 threads) and print the ratios.
     #[arg(long)]
     pub compare_pytorch: bool,
+    /// Measure the ImageNet input pipeline instead (decode + RandomResizedCrop + flip + normalise, one core).
+    #[arg(long)]
+    pub pipeline: bool,
 }
 
 /// Backend and device.

@@ -16,6 +16,12 @@ use dmnn_train::data::{EpochLoader, LoaderConfig, Split};
 use burn::module::{AutodiffModule, Module};
 use dmnn_train::train::{evaluate, initial_weights, load_run_model, load_split, read_run_config, recalibrate_bn, train, RunOptions};
 
+// Burn's CPU backend allocates a fresh buffer for every op; with glibc's default thresholds the
+// large ones are mmap'd and unmapped each time (page faults, TLB shootdowns). mimalloc keeps them:
+// measured 15-25 % faster inference of dmnn_small at batch 256 on the 2-core CPU, with less jitter.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
@@ -272,6 +278,18 @@ impl BackendJob for BenchJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
         let args = self.0;
+        if args.pipeline {
+            let photos = [PathBuf::from("data/photos"), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/photos"))]
+                .into_iter()
+                .find(|p| p.is_dir())
+                .unwrap_or_else(|| PathBuf::from("data/photos"));
+            let (files, n, secs, rate) = dmnn_train::bench::bench_pipeline(&photos, 600)?;
+            println!(
+                "ImageNet input pipeline (decode + RandomResizedCrop 224 + flip + normalise), one core, {files} JPEG photographs of 300-640 px: {n} images in {secs:.2} s = {rate:.0} images/s per core ({})",
+                machine_description("cpu")
+            );
+            return Ok(());
+        }
         let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
         if let Some(r) = args.reps {
             config.reps = r;

@@ -136,29 +136,44 @@ pub struct MultiPathBlock<B: Backend> {
     pub downsample: Option<Downsample<B>>,
 }
 
-/// Which samples a path serves, read from the gates once per block.
+/// The rows of a batch one path serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathRows {
+    /// No sample needs the path: it does not run.
+    Skip,
+    /// Rows `start..end`, contiguous: the path runs on a slice of the batch and its output is
+    /// added back in place.
+    Range(usize, usize),
+    /// Scattered rows (paths beyond the second when `N > 2`): gathered and scattered.
+    Rows(Vec<usize>),
+}
+
+/// A per-block plan of sparse execution, read from the gates once per block.
+///
+/// The batch is reordered by gate pattern so that every path's samples are contiguous rows
+/// (always for `N ≤ 2`: order `[path 0 only | both | path 1 only | neither]`; for more paths the
+/// first two are contiguous, the rest scattered). A contiguous path runs on a slice — no gather —
+/// and its output is added into the block output in place — no scatter, no copy of the batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PathSelection {
     /// Batch size the gates were read for.
     pub batch_size: usize,
-    /// For every path, the indices of the samples whose gate is on, in increasing order.
-    pub samples: Vec<Vec<usize>>,
+    /// New row `k` is old row `order[k]`.
+    pub order: Vec<usize>,
+    /// For every path, the (reordered) rows it serves.
+    pub paths: Vec<PathRows>,
 }
 
 impl PathSelection {
-    /// Reads `[batch_size, num_paths]` gates back to the host (one device sync) and groups the
-    /// samples by path. A gate counts as on when it is above 0.5.
+    /// Reads `[batch_size, num_paths]` gates back to the host (one device sync) and plans the
+    /// block. A gate counts as on when it is above 0.5.
     pub fn from_gates<B: Backend>(gates: &Tensor<B, 2>) -> Self {
         let [batch_size, num_paths] = gates.dims();
-        let values = gates
-            .to_data()
-            .convert::<f32>()
-            .to_vec::<f32>()
-            .expect("gates convert to f32");
+        let values = gates.to_data().convert::<f32>().to_vec::<f32>().expect("gates convert to f32");
         Self::from_host(&values, batch_size, num_paths)
     }
 
-    /// Groups samples by path from row-major `[batch_size, num_paths]` gate values.
+    /// Plans from row-major `[batch_size, num_paths]` gate values.
     pub fn from_host(values: &[f32], batch_size: usize, num_paths: usize) -> Self {
         assert_eq!(
             values.len(),
@@ -166,16 +181,59 @@ impl PathSelection {
             "gate values: {} values for batch_size={batch_size}, num_paths={num_paths}",
             values.len()
         );
-        let mut samples = vec![Vec::with_capacity(batch_size); num_paths];
-        for (b, row) in values.chunks_exact(num_paths.max(1)).enumerate() {
-            for (i, &g) in row.iter().enumerate() {
-                if g > 0.5 {
-                    samples[i].push(b);
+        let on = |b: usize, i: usize| values[b * num_paths + i] > 0.5;
+        // rank of the first two paths' pattern: 0 only, both, 1 only, neither
+        let key = |b: usize| -> (u8, u64) {
+            let (p0, p1) = (on(b, 0), num_paths > 1 && on(b, 1));
+            let head = match (p0, p1) {
+                (true, false) => 0,
+                (true, true) => 1,
+                (false, true) => 2,
+                (false, false) => 3,
+            };
+            let rest = (2..num_paths).fold(0u64, |acc, i| (acc << 1) | u64::from(!on(b, i)));
+            (head, rest)
+        };
+        let mut order: Vec<usize> = (0..batch_size).collect();
+        order.sort_by_key(|&b| key(b)); // stable: equal patterns keep their order
+        let paths = (0..num_paths)
+            .map(|i| {
+                let rows: Vec<usize> = (0..batch_size).filter(|&k| on(order[k], i)).collect();
+                match (rows.first(), rows.last()) {
+                    (None, _) => PathRows::Skip,
+                    (Some(&s), Some(&e)) if e + 1 - s == rows.len() => PathRows::Range(s, e + 1),
+                    _ => PathRows::Rows(rows),
                 }
-            }
-        }
-        Self { batch_size, samples }
+            })
+            .collect();
+        Self { batch_size, order, paths }
     }
+
+    /// Whether the plan keeps the batch in its order.
+    pub fn is_identity(&self) -> bool {
+        self.order.iter().enumerate().all(|(k, &b)| k == b)
+    }
+}
+
+/// Reorders the rows of a tensor (`out[k] = x[order[k]]`) as one `[rows, features]` gather.
+pub fn reorder_rows<B: Backend, const D: usize>(x: Tensor<B, D>, order: &[usize]) -> Tensor<B, D> {
+    let dims = x.dims();
+    let n = order.len();
+    let features: usize = dims[1..].iter().product();
+    let index = order.iter().map(|&b| b as i64).collect::<Vec<_>>();
+    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &x.device());
+    let mut out_dims = dims;
+    out_dims[0] = n;
+    x.reshape([dims[0], features]).select(0, index).reshape(out_dims)
+}
+
+/// The inverse of a reordering: `inverse(order)[order[k]] = k`.
+pub fn inverse_order(order: &[usize]) -> Vec<usize> {
+    let mut inv = vec![0; order.len()];
+    for (k, &b) in order.iter().enumerate() {
+        inv[b] = k;
+    }
+    inv
 }
 
 impl<B: Backend> MultiPathBlock<B> {
@@ -209,7 +267,7 @@ impl<B: Backend> MultiPathBlock<B> {
         relu(out)
     }
 
-    fn check_gates(&self, input: &Tensor<B, 4>, gates: &Tensor<B, 2>) {
+    pub(crate) fn check_gates(&self, input: &Tensor<B, 4>, gates: &Tensor<B, 2>) {
         let [batch_size, ..] = input.dims();
         let [gate_batch, gate_paths] = gates.dims();
         assert!(
@@ -246,12 +304,13 @@ impl<B: Backend> MultiPathBlock<B> {
     }
 
     /// Sparse execution: each path runs only on the samples whose gate is on and is added back
-    /// into the shortcut at those rows; a path that no sample needs does not run. Reads the gates
-    /// to the host once (see [`PathSelection::from_gates`]).
+    /// into the shortcut; a path that no sample needs does not run. Reads the gates to the host
+    /// once (see [`PathSelection`]), runs the block on the reordered batch
+    /// ([`MultiPathBlock::forward_planned`]) and restores the order of the rows.
     ///
-    /// In inference this equals [`MultiPathBlock::forward_masked`]. With autodiff the selected
-    /// outputs are multiplied by their gate values so that gradients still reach the gates; batch
-    /// norm then sees only the samples a path serves.
+    /// In inference this equals [`MultiPathBlock::forward_masked`]. With autodiff the outputs are
+    /// multiplied by their gate values so that gradients still reach the gates; batch norm then
+    /// sees only the samples a path serves.
     ///
     /// # Shapes
     /// - `input`: `[batch_size, channels_in, height, width]`
@@ -262,55 +321,87 @@ impl<B: Backend> MultiPathBlock<B> {
     /// If the gates' shape is not `[batch_size, num_paths]`.
     pub fn forward_sparse(&self, input: Tensor<B, 4>, gates: Tensor<B, 2>) -> Tensor<B, 4> {
         self.check_gates(&input, &gates);
-        let selection = PathSelection::from_gates(&gates);
-        self.forward_selected(input, gates, &selection)
+        let plan = PathSelection::from_gates(&gates);
+        if plan.is_identity() {
+            return self.forward_planned(input, Some(gates), &plan);
+        }
+        let x = reorder_rows(input, &plan.order);
+        let g = reorder_rows(gates, &plan.order);
+        let y = self.forward_planned(x, Some(g), &plan);
+        reorder_rows(y, &inverse_order(&plan.order))
     }
 
-    /// Sparse execution with a selection already read from the gates.
+    /// Sparse execution on a batch already in the plan's order (`input[k]` is sample
+    /// `plan.order[k]`); the output keeps that order. `gates` (in the same order) are only used
+    /// with autodiff, to carry their gradient.
     ///
     /// # Panics
-    /// If the selection does not match the gates' shape.
-    pub fn forward_selected(
-        &self,
-        input: Tensor<B, 4>,
-        gates: Tensor<B, 2>,
-        selection: &PathSelection,
-    ) -> Tensor<B, 4> {
-        self.check_gates(&input, &gates);
-        let [batch_size, _] = gates.dims();
+    /// If the plan does not fit the batch or the block.
+    pub fn forward_planned(&self, input: Tensor<B, 4>, gates: Option<Tensor<B, 2>>, plan: &PathSelection) -> Tensor<B, 4> {
+        let [batch_size, c, h, w] = input.dims();
         assert!(
-            selection.batch_size == batch_size && selection.samples.len() == self.num_paths(),
-            "path selection for batch_size={}, num_paths={} does not fit gates [{batch_size}, {}]",
-            selection.batch_size,
-            selection.samples.len(),
+            plan.batch_size == batch_size && plan.paths.len() == self.num_paths(),
+            "path plan for batch_size={}, num_paths={} does not fit a block with batch_size={batch_size}, num_paths={}",
+            plan.batch_size,
+            plan.paths.len(),
             self.num_paths()
         );
         let device = input.device();
-        let track_gates = B::ad_enabled(&device);
-        let mut out = self.shortcut(input.clone());
-        for (i, (path, samples)) in self.paths.iter().zip(&selection.samples).enumerate() {
-            if samples.is_empty() {
-                continue; // no sample needs this path
-            }
-            let gate_column = || gates.clone().slice([0..batch_size, i..i + 1]);
-            if samples.len() == batch_size {
-                let y = path.forward(input.clone());
-                out = out
-                    + if track_gates {
-                        y * gate_column().reshape([batch_size, 1, 1, 1])
-                    } else {
-                        y
-                    };
-                continue;
-            }
-            let n = samples.len();
-            let index: Vec<i64> = samples.iter().map(|&b| b as i64).collect();
-            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &device);
-            let mut y = path.forward(input.clone().select(0, index.clone())); // [n, C_out, H', W']
-            if track_gates {
-                y = y * gate_column().select(0, index.clone()).reshape([n, 1, 1, 1]);
-            }
-            out = out.select_assign(0, index, y, IndexingUpdateOp::Add);
+        let gates = gates.filter(|_| B::ad_enabled(&device));
+        let gate_rows = |i: usize, rows: std::ops::Range<usize>| {
+            gates.as_ref().map(|g| g.clone().slice([rows.clone(), i..i + 1]).reshape([rows.len(), 1, 1, 1]))
+        };
+        // run every path on its rows first: the identity shortcut can then take over the input
+        // buffer and the paths are added into it in place
+        let mut outputs = Vec::with_capacity(self.num_paths());
+        for (i, (path, rows)) in self.paths.iter().zip(&plan.paths).enumerate() {
+            let (y, rows) = match rows {
+                PathRows::Skip => continue,
+                PathRows::Range(s, e) => {
+                    let x = if *s == 0 && *e == batch_size { input.clone() } else { input.clone().slice([*s..*e]) };
+                    let mut y = path.forward(x);
+                    if let Some(g) = gate_rows(i, *s..*e) {
+                        y = y * g;
+                    }
+                    (y, rows.clone())
+                }
+                PathRows::Rows(list) => {
+                    let n = list.len();
+                    let index = Tensor::<B, 1, Int>::from_data(
+                        TensorData::new(list.iter().map(|&b| b as i64).collect::<Vec<_>>(), [n]),
+                        &device,
+                    );
+                    let x = input.clone().reshape([batch_size, c * h * w]).select(0, index.clone());
+                    let mut y = path.forward(x.reshape([n, c, h, w]));
+                    if let Some(g) = gates.as_ref() {
+                        y = y * g.clone().slice([0..batch_size, i..i + 1]).select(0, index).reshape([n, 1, 1, 1]);
+                    }
+                    (y, rows.clone())
+                }
+            };
+            outputs.push((y, rows));
+        }
+        let mut out = self.shortcut(input);
+        for (y, rows) in outputs {
+            let [n, co, ho, wo] = y.dims();
+            out = match rows {
+                PathRows::Range(0, e) if e == batch_size => out + y,
+                // y (fresh, unique) takes the sum, then is written into `out`'s rows in place
+                PathRows::Range(s, e) => {
+                    let sum = y + out.clone().slice([s..e]);
+                    out.slice_assign([s..e], sum)
+                }
+                PathRows::Rows(list) => {
+                    let index = Tensor::<B, 1, Int>::from_data(
+                        TensorData::new(list.iter().map(|&b| b as i64).collect::<Vec<_>>(), [n]),
+                        &device,
+                    );
+                    out.reshape([batch_size, co * ho * wo])
+                        .select_assign(0, index, y.reshape([n, co * ho * wo]), IndexingUpdateOp::Add)
+                        .reshape([batch_size, co, ho, wo])
+                }
+                PathRows::Skip => unreachable!("skipped paths produce no output"),
+            };
         }
         relu(out)
     }
@@ -433,6 +524,25 @@ mod tests {
         assert!(block.paths[0].conv1.weight.grad(&grads).is_some());
         // path 1 served nobody: it did not run
         assert!(block.paths[1].conv1.weight.grad(&grads).is_none());
+    }
+
+    #[test]
+    fn plan_makes_two_paths_contiguous() {
+        // samples: 0 both, 1 neither, 2 path 0 only, 3 path 1 only, 4 both
+        let g = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+        let plan = PathSelection::from_host(&g, 5, 2);
+        // order: path 0 only | both | path 1 only | neither
+        assert_eq!(plan.order, vec![2, 0, 4, 3, 1]);
+        assert_eq!(plan.paths, vec![PathRows::Range(0, 3), PathRows::Range(1, 4)]);
+        assert_eq!(inverse_order(&plan.order), vec![1, 4, 0, 3, 2]);
+        // a third path may be scattered; an unused one is skipped
+        // samples: 0 [1,0,1], 1 [0,1,1], 2 [1,1,0] -> order 0, 2, 1: path 2 serves rows 0 and 2
+        let g3 = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0];
+        let plan = PathSelection::from_host(&g3, 3, 3);
+        assert_eq!(plan.order, vec![0, 2, 1]);
+        assert_eq!(plan.paths, vec![PathRows::Range(0, 2), PathRows::Range(1, 3), PathRows::Rows(vec![0, 2])]);
+        assert_eq!(PathSelection::from_host(&[0.0, 0.0], 1, 2).paths, vec![PathRows::Skip, PathRows::Skip]);
+        assert!(PathSelection::from_host(&[1.0, 1.0, 1.0, 1.0], 2, 2).is_identity());
     }
 
     #[test]
