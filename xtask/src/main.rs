@@ -5,7 +5,9 @@
 //! cargo xtask train-imagenet --data DIR --backend cuda
 //! cargo xtask eval --checkpoint runs/... [--data DIR]
 //! cargo xtask cost --model dmnn50 [--image-size 224] [--json]
-//! cargo xtask bench [--backend cuda] [--out results/x.csv] [--compare-pytorch]
+//! cargo xtask bench [--backend cuda] [--out results/x.csv] [--compare-pytorch] [--pipeline]
+//! cargo xtask init-from-torchvision --weights resnet50.pth --model dmnn50 --out runs/init
+//! cargo xtask export --checkpoint runs/... --out model.safetensors
 //! cargo xtask check-features                 # cargo check of the wgpu and cuda builds
 //! ```
 //!
@@ -17,7 +19,9 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
-const DMNN_COMMANDS: [&str; 5] = ["train", "train-imagenet", "eval", "cost", "bench"];
+const DMNN_COMMANDS: [&str; 7] = ["train", "train-imagenet", "eval", "cost", "bench", "init-from-torchvision", "export"];
+/// Commands that run on the CPU build whatever the backend.
+const CPU_ONLY: [&str; 3] = ["cost", "init-from-torchvision", "export"];
 const BACKENDS: [&str; 3] = ["cpu", "wgpu", "cuda"];
 
 fn usage() -> String {
@@ -95,8 +99,8 @@ fn run() -> Result<ExitCode> {
             let backend = take_backend(&mut args)?;
             let mut cmd = cargo();
             cmd.args(["run", "--quiet", "--release", "--package", "dmnn-train", "--bin", "dmnn"]);
-            if c == "cost" {
-                // analytic: runs on the CPU build whatever the backend
+            if CPU_ONLY.contains(&c) {
+                // analytic or file conversion: runs on the CPU build whatever the backend
                 cmd.arg("--").arg(c);
             } else {
                 with_backend(&mut cmd, &backend);

@@ -360,7 +360,8 @@ pub fn compare_pytorch(rows: &[BenchRow]) -> Result<()> {
 
 /// Throughput of the ImageNet training input pipeline on one core: decode (by content) +
 /// RandomResizedCrop 224 + horizontal flip + normalise, over real photographs of ImageNet size
-/// (`data/photos`, 300–640 px JPEGs). Returns `(images, seconds, images per second per core)`.
+/// (`data/photos`, 300–640 px JPEGs). Returns `(photographs, images, seconds, images per second
+/// per core)`.
 pub fn bench_pipeline(photos: &std::path::Path, images: usize) -> Result<(usize, usize, f64, f64)> {
     use crate::data::{decode_rgb, ImageTransform};
     let files: Vec<PathBuf> = std::fs::read_dir(photos)

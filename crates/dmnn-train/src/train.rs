@@ -430,11 +430,47 @@ fn truncate_csv(path: &Path, epoch: usize) -> Result<()> {
     Ok(())
 }
 
+/// Adds to `value` every object key of `defaults` it lacks (recursively): configurations written
+/// by an older dmnn gain the settings added since, at their defaults.
+fn fill_missing(value: &mut serde_json::Value, defaults: &serde_json::Value) {
+    if let (Some(obj), Some(def)) = (value.as_object_mut(), defaults.as_object()) {
+        for (k, d) in def {
+            match obj.get_mut(k) {
+                Some(v) => fill_missing(v, d),
+                None => {
+                    obj.insert(k.clone(), d.clone());
+                }
+            }
+        }
+    }
+}
+
 /// The run directory of a finished or stopped run: its configuration.
 pub fn read_run_config(dir: &Path) -> Result<TrainConfig> {
     let path = dir.join("config.json");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("{} is not a dmnn training configuration", path.display()))
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    let defaults = serde_json::to_value(crate::cli::fashion_mnist_defaults())?;
+    let top_level: Vec<&str> = ["epochs", "batch_size", "lr", "model", "data", "objective"].to_vec();
+    if top_level.iter().any(|k| value.get(k).is_none()) {
+        bail!("{} is not a dmnn training configuration (no {})", path.display(), top_level.join("/"));
+    }
+    // fill only settings, never the model or data themselves
+    if let (Some(obj), Some(def)) = (value.as_object_mut(), defaults.as_object()) {
+        for (k, d) in def {
+            if k == "model" || k == "data" {
+                continue;
+            }
+            match obj.get_mut(k) {
+                Some(v) => fill_missing(v, d),
+                None => {
+                    obj.insert(k.clone(), d.clone());
+                }
+            }
+        }
+    }
+    serde_json::from_value(value).with_context(|| format!("{} is not a dmnn training configuration", path.display()))
 }
 
 /// Loads the inference network of a run directory (`model.mpk`, or the latest checkpoint).
