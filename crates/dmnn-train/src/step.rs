@@ -208,6 +208,11 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for DecayWeights<'_, B> {
 }
 
 impl<B: Backend> DmnnClassifier<B> {
+    /// A classifier that only evaluates (no weight decay, constant temperature, no schedule).
+    pub fn for_inference(model: Dmnn<B>, objective: ObjectiveConfig) -> Self {
+        Self { model, objective, weight_decay: 0.0, temperature: Default::default(), progress: TrainProgress::new(1, 1, 0) }
+    }
+
     /// The step output of a forward pass (loss terms, predictions, executed MACs).
     pub fn output_of(&self, out: dmnn_core::DmnnOutput<B>, targets: Tensor<B, 1, Int>) -> StepOutput<B> {
         self.output(out, targets).0

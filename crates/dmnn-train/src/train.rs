@@ -107,13 +107,7 @@ fn check_data(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Res
 
 /// Evaluates a network on a loader (sparse execution by default without autodiff).
 pub fn evaluate<B: Backend>(model: &Dmnn<B>, loader: &EpochLoader<B>, mode: ExecutionMode) -> EvalSummary {
-    let classifier = DmnnClassifier {
-        model: model.clone(),
-        objective: crate::objective::ObjectiveConfig::new(),
-        weight_decay: 0.0,
-        temperature: Default::default(),
-        progress: TrainProgress::new(1, 1, 0),
-    };
+    let classifier = DmnnClassifier::for_inference(model.clone(), crate::objective::ObjectiveConfig::new());
     let mut summary = EvalSummary::default();
     for batch in loader.iter() {
         let stats: StepStats = if mode == ExecutionMode::Auto {
@@ -203,7 +197,7 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
 
     let checkpoint = if resume { latest_checkpoint(&run_dir) } else { None };
     if let Some(k) = checkpoint {
-        validate_checkpoint::<B>(&config, &run_dir, k, &device)?;
+        validate_checkpoint::<B>(&run_dir, k, &device)?;
         if k >= config.epochs {
             log.line(&format!("run {} already finished {k} epochs; evaluating", run_dir.display()));
         } else {
@@ -388,16 +382,9 @@ impl MetricsRenderer for BoxedRenderer {
 
 /// Loads the three records of checkpoint `epoch` to make sure they are whole before the Learner
 /// (which panics on a bad file) gets them.
-fn validate_checkpoint<B: AutodiffBackend>(config: &TrainConfig, run_dir: &Path, epoch: usize, device: &B::Device) -> Result<()> {
+fn validate_checkpoint<B: AutodiffBackend>(run_dir: &Path, epoch: usize, device: &B::Device) -> Result<()> {
     let dir = run_dir.join("checkpoint");
     let recorder = AtomicRecorder::default();
-    let model = DmnnClassifier {
-        model: config.model.init::<B>(device),
-        objective: config.objective.clone(),
-        weight_decay: 0.0,
-        temperature: Default::default(),
-        progress: TrainProgress::new(1, 1, 0),
-    };
     let damaged = |file: &str, e: burn::record::RecorderError| {
         anyhow::anyhow!(
             "checkpoint {} cannot be loaded (truncated or damaged): {e}. Remove the files of epoch {epoch} \
@@ -413,7 +400,6 @@ fn validate_checkpoint<B: AutodiffBackend>(config: &TrainConfig, run_dir: &Path,
         .map_err(|e| damaged(&format!("optim-{epoch}.mpk"), e))?;
     Recorder::<B>::load_item::<serde::de::IgnoredAny>(&recorder, &mut dir.join(format!("scheduler-{epoch}")))
         .map_err(|e| damaged(&format!("scheduler-{epoch}.mpk"), e))?;
-    drop(model);
     Ok(())
 }
 
@@ -489,13 +475,7 @@ pub fn load_run_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Tra
         model.load_record(record)
     } else {
         let epoch = latest_checkpoint(dir).with_context(|| format!("no model.mpk and no checkpoint in {}", dir.display()))?;
-        let wrapper = DmnnClassifier {
-            model,
-            objective: config.objective.clone(),
-            weight_decay: 0.0,
-            temperature: Default::default(),
-            progress: TrainProgress::new(1, 1, 0),
-        };
+        let wrapper = DmnnClassifier::for_inference(model, config.objective.clone());
         let path = dir.join("checkpoint").join(format!("model-{epoch}"));
         let record = recorder
             .load(path.clone(), device)
