@@ -177,7 +177,11 @@ impl DmnnConfig {
     /// The gated blocks as the controllers see them (auxiliary heads on the last block of each
     /// stage).
     pub fn gated_block_specs(&self) -> Vec<GatedBlockSpec> {
-        let blocks = self.blocks();
+        Self::specs_of(&self.blocks())
+    }
+
+    /// The controllers' view of a list of blocks from [`DmnnConfig::blocks`].
+    pub(crate) fn specs_of(blocks: &[(usize, MultiPathBlockConfig)]) -> Vec<GatedBlockSpec> {
         blocks
             .iter()
             .enumerate()
@@ -186,6 +190,17 @@ impl DmnnConfig {
                 aux_head: blocks.get(l + 1).is_none_or(|(next, _)| next != stage),
             })
             .collect()
+    }
+
+    /// The one-path ResNet a multi-path configuration is cut from (same depth, stage widths and
+    /// stem; no controllers): what [`crate::weights::init_from_resnet`] slices.
+    pub fn source_resnet(&self) -> Self {
+        let mut resnet = self.clone();
+        resnet.num_paths = 1;
+        resnet.path_widths = None;
+        resnet.controller = None;
+        resnet.name = format!("{}-source", self.name);
+        resnet
     }
 
     /// Whether the network has gate controllers.

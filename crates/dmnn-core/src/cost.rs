@@ -109,8 +109,9 @@ impl DmnnConfig {
         let mut params_aux = 0;
         let mut blocks = Vec::new();
         let [mut h, mut w] = self.stem_output_size(height, width);
-        let specs = self.gated_block_specs();
-        for ((stage, block), spec) in self.blocks().into_iter().zip(specs) {
+        let configs = self.blocks();
+        let specs = Self::specs_of(&configs);
+        for ((stage, block), spec) in configs.into_iter().zip(specs) {
             params_backbone += block.param_count();
             let controller_macs = match &self.controller {
                 Some(c) => {

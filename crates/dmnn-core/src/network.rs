@@ -69,6 +69,8 @@ pub struct ForwardOptions<B: Backend> {
     /// Gumbel noise for the training gates, one `[batch_size, num_paths, 2]` tensor per block
     /// (reproducible training and tests). Ignored without autodiff.
     pub noise: Option<Vec<Tensor<B, 3>>>,
+    /// Gumbel temperature for this pass instead of the controller's (temperature schedules).
+    pub temperature: Option<f64>,
 }
 
 impl<B: Backend> Default for ForwardOptions<B> {
@@ -77,6 +79,7 @@ impl<B: Backend> Default for ForwardOptions<B> {
             mode: ExecutionMode::Auto,
             gates: None,
             noise: None,
+            temperature: None,
         }
     }
 }
@@ -99,6 +102,12 @@ impl<B: Backend> ForwardOptions<B> {
     /// Uses this Gumbel noise for the training gates.
     pub fn with_noise(mut self, noise: Vec<Tensor<B, 3>>) -> Self {
         self.noise = Some(noise);
+        self
+    }
+
+    /// Uses this Gumbel temperature for the training gates.
+    pub fn with_temperature(mut self, temperature: f64) -> Self {
+        self.temperature = Some(temperature);
         self
     }
 }
@@ -173,7 +182,7 @@ impl DmnnConfig {
             layers[*stage].push(block.init(device));
         }
         let controller = self.controller.as_ref().map(|c| {
-            c.init(&self.gated_block_specs(), self.num_paths, self.num_classes, device)
+            c.init(&Self::specs_of(&blocks), self.num_paths, self.num_classes, device)
         });
         Dmnn {
             conv1: conv(self.in_channels, self.stem_width, k, s, device),
@@ -308,7 +317,8 @@ impl<B: Backend> Dmnn<B> {
                         }
                         None => n,
                     });
-                    Some(controller.gates(out.logits, block_noise))
+                    let temperature = options.temperature.unwrap_or(controller.temperature);
+                    Some(controller.gates_at(out.logits, block_noise, temperature))
                 }
                 (None, None) => None,
             };

@@ -23,7 +23,7 @@ use burn_store::{
     TensorSnapshot,
 };
 use burn::tensor::backend::Backend;
-use burn::tensor::{DType, TensorData};
+use burn::tensor::TensorData;
 
 use crate::network::Dmnn;
 
@@ -358,11 +358,6 @@ pub fn save_torchvision<B: Backend>(model: &Dmnn<B>, path: &Path) -> Result<(), 
     safetensors::serialize_to_file(blobs.iter().map(|(k, b)| (k.clone(), b)), Some(metadata), &tmp)
         .map_err(|e| write_err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
-}
-
-/// The dtype the snapshots of a float model carry (for tests).
-pub fn float_dtype() -> DType {
-    DType::F32
 }
 
 /// A row-major float tensor on the host.

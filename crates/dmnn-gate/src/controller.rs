@@ -369,10 +369,15 @@ impl<B: Backend> Controller<B> {
     /// - `logits`, `noise`: `[batch_size, num_paths, 2]`
     /// - output: `[batch_size, num_paths]`
     pub fn gates(&self, logits: Tensor<B, 3>, noise: Option<Tensor<B, 3>>) -> Tensor<B, 2> {
+        self.gates_at(logits, noise, self.temperature)
+    }
+
+    /// [`Controller::gates`] at another training temperature (a schedule's current value).
+    pub fn gates_at(&self, logits: Tensor<B, 3>, noise: Option<Tensor<B, 3>>, temperature: f64) -> Tensor<B, 2> {
         let device = logits.device();
         if B::ad_enabled(&device) {
             let noise = noise.unwrap_or_else(|| gumbel_noise(logits.dims(), &device));
-            gumbel_straight_through(logits, noise, self.temperature)
+            gumbel_straight_through(logits, noise, temperature)
         } else {
             deterministic_gates(logits, self.threshold)
         }

@@ -328,11 +328,7 @@ fn init_from_torchvision(args: InitArgs) -> Result<()> {
     println!("{note}");
     // how far the all-paths-on model starts from the ResNet: same random batch through both
     if model_config.is_dynamic() {
-        let mut resnet_config = model_config.clone();
-        resnet_config.num_paths = 1;
-        resnet_config.path_widths = None;
-        resnet_config.controller = None;
-        let resnet = dmnn_core::weights::load_torchvision(resnet_config.init::<Flex>(&device), &args.weights, dmnn_core::weights::ImportOptions { allow_new_head: args.new_head })?;
+        let resnet = dmnn_core::weights::load_torchvision(model_config.source_resnet().init::<Flex>(&device), &args.weights, dmnn_core::weights::ImportOptions { allow_new_head: args.new_head })?;
         let size = model_config.image_size;
         let x = burn::tensor::Tensor::<Flex, 4>::random([4, model_config.in_channels, size, size], burn::tensor::Distribution::Normal(0.0, 1.0), &device);
         let gates = (0..model.num_blocks()).map(|_| burn::tensor::Tensor::<Flex, 2>::ones([4, model_config.num_paths], &device)).collect();

@@ -149,7 +149,6 @@ impl Metric for DmnnMetric {
         let running = self.running();
         let formatted = match self.kind {
             MetricKind::Top1 | MetricKind::Top5 => format!("epoch {running:.2} % - batch {value:.2} %"),
-            MetricKind::GmacsMean | MetricKind::GmacsStd => format!("epoch {running:.4} - batch {value:.4}"),
             _ => format!("epoch {running:.4} - batch {value:.4}"),
         };
         let serialized = NumericEntry::Aggregated { aggregated_value: value, count: s.batch_size }.serialize();

@@ -233,12 +233,11 @@ pub struct PlainRenderer {
     epoch_start: Instant,
     interval_secs: f64,
     epochs_total: usize,
-    table: EpochTable,
 }
 
 impl PlainRenderer {
     /// A renderer writing to `log`.
-    pub fn new(log: RunLog, epochs_total: usize, table: EpochTable) -> Self {
+    pub fn new(log: RunLog, epochs_total: usize) -> Self {
         Self {
             log,
             names: HashMap::new(),
@@ -249,7 +248,6 @@ impl PlainRenderer {
             epoch_start: Instant::now(),
             interval_secs: 30.0,
             epochs_total,
-            table,
         }
     }
 
@@ -332,7 +330,6 @@ impl PlainRenderer {
         if split == "train" {
             self.last_decile = Some((epoch, decile));
         }
-        let _ = &self.table;
     }
 }
 

@@ -249,11 +249,11 @@ impl<B: AutodiffBackend> TrainStep for DmnnClassifier<B> {
     fn step(&self, batch: ClassificationBatch<B>) -> TrainOutput<StepOutput<B>> {
         let step = self.progress.step.fetch_add(1, Ordering::SeqCst) + 1;
         let progress = step as f64 / self.progress.total_steps as f64;
-        let model = self.model.clone().with_temperature(self.temperature.at(progress));
         let [batch_size, ..] = batch.images.dims();
         let device = batch.images.device();
-        let noise = batch_noise(batch.seed, model.num_blocks(), batch_size, model.config.num_paths, &device);
-        let out = model.forward_with(batch.images, ForwardOptions::default().with_noise(noise));
+        let noise = batch_noise(batch.seed, self.model.num_blocks(), batch_size, self.model.config.num_paths, &device);
+        let options = ForwardOptions::default().with_noise(noise).with_temperature(self.temperature.at(progress));
+        let out = self.model.forward_with(batch.images, options);
         let (output, loss) = self.output(out, batch.targets);
         let value = loss.clone().into_scalar().to_f64();
         if !value.is_finite() || self.progress.stop.load(Ordering::SeqCst) {

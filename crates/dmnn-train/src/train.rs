@@ -16,19 +16,20 @@ use burn::record::Recorder;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::renderer::MetricsRenderer;
-use burn::train::{InferenceStep, Learner, SupervisedTraining};
+use burn::train::metric::ItemLazy;
+use burn::train::{Learner, SupervisedTraining};
 use dmnn_core::{Dmnn, ExecutionMode, ForwardOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{DataConfig, TrainConfig};
 use crate::data::{
-    fashion_mnist, ClassificationBatch, EpochLoader, ImageFolder, ImageSource, LoaderConfig, SkippedSamples, Split,
+    fashion_mnist, EpochLoader, ImageFolder, ImageSource, LoaderConfig, SkippedSamples, Split,
     ValLabels,
 };
 use crate::metrics::{DmnnMetric, EvalSummary};
 use crate::run::{timestamp, write_atomic, AtomicRecorder, EpochTable, PlainRenderer, RunLog};
 use crate::schedule::WarmupSchedule;
-use crate::step::{DmnnClassifier, StepStats, TrainProgress};
+use crate::step::{DmnnClassifier, TrainProgress};
 
 /// The end-of-run summary (`summary.json`).
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -105,29 +106,15 @@ fn check_data(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Res
     Ok(())
 }
 
-/// Evaluates a network on a loader (sparse execution by default without autodiff).
+/// Evaluates a network on a loader in the given execution mode (`Auto`: sparse without autodiff).
 pub fn evaluate<B: Backend>(model: &Dmnn<B>, loader: &EpochLoader<B>, mode: ExecutionMode) -> EvalSummary {
     let classifier = DmnnClassifier::for_inference(model.clone(), crate::objective::ObjectiveConfig::new());
     let mut summary = EvalSummary::default();
     for batch in loader.iter() {
-        let stats: StepStats = if mode == ExecutionMode::Auto {
-            burn::train::metric::ItemLazy::sync(InferenceStep::step(&classifier, batch))
-        } else {
-            let out = model.forward_with(batch.images, ForwardOptions::mode(mode));
-            let out = classifier_output(&classifier, out, batch.targets);
-            burn::train::metric::ItemLazy::sync(out)
-        };
-        summary.add(&stats);
+        let out = model.forward_with(batch.images, ForwardOptions::mode(mode));
+        summary.add(&classifier.output_of(out, batch.targets).sync());
     }
     summary
-}
-
-fn classifier_output<B: Backend>(
-    c: &DmnnClassifier<B>,
-    out: dmnn_core::DmnnOutput<B>,
-    targets: burn::tensor::Tensor<B, 1, burn::tensor::Int>,
-) -> crate::step::StepOutput<B> {
-    c.output_of(out, targets)
 }
 
 /// BN recalibration (DESIGN §7): after masked training every path's batch norms have seen every
@@ -265,7 +252,7 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
         training = training.metric_train_numeric(metric.clone()).metric_valid_numeric(metric);
     }
     if !interactive {
-        training = training.renderer(PlainRenderer::new(log.clone(), config.epochs, table.clone()));
+        training = training.renderer(PlainRenderer::new(log.clone(), config.epochs));
     } else {
         let renderer: Box<dyn MetricsRenderer> = Box::new(burn::train::renderer::tui::TuiMetricsRendererWrapper::new(
             training.interrupter(),
@@ -485,9 +472,6 @@ pub fn load_run_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(Tra
     Ok((config, model))
 }
 
-/// Keeps `ClassificationBatch` in the public API docs of this module.
-pub type Batch<B> = ClassificationBatch<B>;
-
 /// Loads starting weights into `model`: a run directory or `.mpk` record of dmnn, or a
 /// torchvision-format checkpoint (multi-path models are sliced from the one-path ResNet of the
 /// same configuration, see [`dmnn_core::weights::init_from_resnet`]). Returns a note for the log.
@@ -513,12 +497,7 @@ pub fn initial_weights<B: Backend>(model: Dmnn<B>, path: &Path, new_head: bool, 
         let model = load_torchvision(model, path, options)?;
         return Ok((model, format!("initial weights: dmnn export {}", path.display())));
     }
-    let mut resnet_config = model.config.clone();
-    resnet_config.num_paths = 1;
-    resnet_config.path_widths = None;
-    resnet_config.controller = None;
-    resnet_config.name = format!("{}-source", model.config.name);
-    let resnet = load_torchvision(resnet_config.init::<B>(device), path, options)?;
+    let resnet = load_torchvision(model.config.source_resnet().init::<B>(device), path, options)?;
     let (model, report) = init_from_resnet(model, &resnet);
     let note = format!(
         "initial weights: {} sliced from the ResNet in {}: per path {:?} channels from the ResNet, {:?} fresh; {} weights of 3x3 convolutions dropped (off-diagonal blocks)",
