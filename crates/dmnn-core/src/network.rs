@@ -15,7 +15,7 @@ use burn::tensor::Tensor;
 use dmnn_gate::{Controller, ControllerState};
 use serde::{Deserialize, Serialize};
 
-use crate::block::{conv, inverse_order, reorder_rows, MultiPathBlock, PathSelection};
+use crate::block::{conv, GroupedBatch, MultiPathBlock};
 use crate::config::{DmnnConfig, StemKind};
 use crate::cost::CostReport;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
@@ -286,37 +286,25 @@ impl<B: Backend> Dmnn<B> {
         let mut fixed_gates = options.gates.map(Vec::into_iter);
         let mut noise = options.noise.map(Vec::into_iter);
 
-        let mut x = self.forward_stem(input);
+        // Sparse execution regroups the samples by gate pattern block after block (see
+        // `GroupedBatch`); gates, controller state, noise and outputs stay in the caller's order.
+        let mut x = GroupedBatch::new(self.forward_stem(input));
         let mut state = ControllerState::default();
         let mut all_gates = Vec::with_capacity(num_blocks);
         let mut aux_logits = Vec::new();
         let mut gated_macs = Tensor::<B, 1>::zeros([batch_size], &device);
-        // Sparse execution reorders the batch block after block (see `PathSelection`): row `k`
-        // of `x` is sample `order[k]`. Gates, noise and outputs are kept in the caller's order.
-        let mut order: Option<Vec<usize>> = None;
-        let to_current = |t: Tensor<B, 2>, order: &Option<Vec<usize>>| match order {
-            Some(o) => reorder_rows(t, o),
-            None => t,
-        };
-        let to_caller = |t: Tensor<B, 2>, order: &Option<Vec<usize>>| match order {
-            Some(o) => reorder_rows(t, &inverse_order(o)),
-            None => t,
-        };
         for (l, block) in self.blocks().enumerate() {
-            // gates in the current row order
             let gates = match (fixed_gates.as_mut(), &self.controller) {
-                (Some(given), _) => Some(to_current(given.next().expect("one gate tensor per block"), &order)),
+                (Some(given), _) => Some(given.next().expect("one gate tensor per block")),
                 (None, Some(controller)) => {
-                    let out = controller.forward(l, x.clone(), state);
-                    state = out.state;
-                    aux_logits.extend(out.aux_logits.map(|a| to_caller(a, &order)));
-                    let block_noise = noise.as_mut().and_then(Iterator::next).map(|n| match &order {
-                        Some(o) => {
-                            let [b, p, two] = n.dims();
-                            reorder_rows(n.reshape([b, p * two]), o).reshape([b, p, two])
-                        }
-                        None => n,
+                    let pooled = x.rows_to_caller(|t| {
+                        let [n, c, _, _] = t.dims();
+                        t.mean_dim(3).mean_dim(2).reshape([n, c])
                     });
+                    let out = controller.forward_pooled(l, pooled, state);
+                    state = out.state;
+                    aux_logits.extend(out.aux_logits);
+                    let block_noise = noise.as_mut().and_then(Iterator::next);
                     let temperature = options.temperature.unwrap_or(controller.temperature);
                     Some(controller.gates_at(out.logits, block_noise, temperature))
                 }
@@ -327,34 +315,20 @@ impl<B: Backend> Dmnn<B> {
                 None => {
                     let all_on = (block.num_paths() as f64) * path_macs;
                     gated_macs = gated_macs.add_scalar(all_on);
-                    block.forward(x)
+                    x.map(|_, t| block.forward(t))
                 }
                 Some(g) => {
-                    let caller_gates = to_caller(g.clone(), &order);
-                    let open = caller_gates.clone().sum_dim(1).reshape([batch_size]); // [B]
+                    let open = g.clone().sum_dim(1).reshape([batch_size]); // [B]
                     gated_macs = gated_macs + open.mul_scalar(path_macs);
-                    all_gates.push(caller_gates);
+                    all_gates.push(g.clone());
                     match mode {
-                        ExecutionMode::Sparse => {
-                            block.check_gates(&x, &g);
-                            let plan = PathSelection::from_gates(&g);
-                            if plan.is_identity() {
-                                block.forward_planned(x, Some(g), &plan)
-                            } else {
-                                let x = reorder_rows(x, &plan.order);
-                                let g = reorder_rows(g, &plan.order);
-                                state = state.reorder_rows(&plan.order);
-                                let previous = order.take().unwrap_or_else(|| (0..batch_size).collect());
-                                order = Some(plan.order.iter().map(|&k| previous[k]).collect());
-                                block.forward_planned(x, Some(g), &plan)
-                            }
-                        }
-                        _ => block.forward_masked(x, g),
+                        ExecutionMode::Sparse => block.forward_grouped(x, g),
+                        _ => GroupedBatch::new(block.forward_masked(x.into_tensor(), g)),
                     }
                 }
             };
         }
-        let logits = to_caller(self.forward_head(x), &order);
+        let logits = x.rows_to_caller(|t| self.forward_head(t));
         let macs = gated_macs.clone().add_scalar(cost.ungated_macs() as f64);
         DmnnOutput {
             logits,

@@ -261,17 +261,6 @@ impl<B: Backend> ControllerState<B> {
     pub fn hidden(&self) -> Option<&Tensor<B, 2>> {
         self.hidden.as_ref()
     }
-
-    /// The state with its rows reordered (`new[k] = old[order[k]]`), for a batch that sparse
-    /// execution reordered.
-    pub fn reorder_rows(self, order: &[usize]) -> Self {
-        let pick = |t: Tensor<B, 2>| {
-            let index: Vec<i64> = order.iter().map(|&b| b as i64).collect();
-            let index = Tensor::<B, 1, burn::tensor::Int>::from_data(TensorData::new(index, [order.len()]), &t.device());
-            t.select(0, index)
-        };
-        Self { hidden: self.hidden.map(pick), cell: self.cell.map(pick) }
-    }
 }
 
 /// What a block's controller produces.
@@ -306,14 +295,33 @@ impl<B: Backend> Controller<B> {
         input: Tensor<B, 4>,
         state: ControllerState<B>,
     ) -> ControllerOutput<B> {
+        let [batch_size, channels, _, _] = input.dims();
+        let pooled = input.mean_dim(3).mean_dim(2).reshape([batch_size, channels]); // [B, C_in]
+        self.forward_pooled(block, pooled, state)
+    }
+
+    /// [`Controller::forward`] on the block input already pooled over its spatial dimensions
+    /// (sparse execution pools each group of samples on its own).
+    ///
+    /// # Shapes
+    /// - `pooled`: `[batch_size, channels_in]`
+    /// - output logits: `[batch_size, num_paths, 2]`
+    ///
+    /// # Panics
+    /// If `block` is out of range.
+    pub fn forward_pooled(
+        &self,
+        block: usize,
+        pooled: Tensor<B, 2>,
+        state: ControllerState<B>,
+    ) -> ControllerOutput<B> {
         let ctrl = self.blocks.get(block).unwrap_or_else(|| {
             panic!(
                 "controller block index {block} out of range: the network has {} gated blocks",
                 self.blocks.len()
             )
         });
-        let [batch_size, channels, _, _] = input.dims();
-        let pooled = input.mean_dim(3).mean_dim(2).reshape([batch_size, channels]); // [B, C_in]
+        let [batch_size, _] = pooled.dims();
         let embedding = relu(ctrl.embed_norm.forward(ctrl.embed.forward(pooled))); // [B, d]
         let state = self.recur(embedding, state);
         let hidden = state.hidden.clone().expect("recur always sets the hidden state");

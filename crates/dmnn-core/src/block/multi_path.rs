@@ -14,8 +14,9 @@ use burn::nn::conv::Conv2d;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
-use burn::tensor::{IndexingUpdateOp, Int, Tensor, TensorData};
+use burn::tensor::{Int, Tensor, TensorData};
 
+use super::grouped::{gate_patterns, GroupedBatch, PathPattern};
 use super::path::{conv, conv_out_size, BlockKind, Path, PathConfig};
 
 /// Configuration of a [`MultiPathBlock`].
@@ -136,106 +137,6 @@ pub struct MultiPathBlock<B: Backend> {
     pub downsample: Option<Downsample<B>>,
 }
 
-/// The rows of a batch one path serves.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathRows {
-    /// No sample needs the path: it does not run.
-    Skip,
-    /// Rows `start..end`, contiguous: the path runs on a slice of the batch and its output is
-    /// added back in place.
-    Range(usize, usize),
-    /// Scattered rows (paths beyond the second when `N > 2`): gathered and scattered.
-    Rows(Vec<usize>),
-}
-
-/// A per-block plan of sparse execution, read from the gates once per block.
-///
-/// The batch is reordered by gate pattern so that every path's samples are contiguous rows
-/// (always for `N ≤ 2`: order `[path 0 only | both | path 1 only | neither]`; for more paths the
-/// first two are contiguous, the rest scattered). A contiguous path runs on a slice — no gather —
-/// and its output is added into the block output in place — no scatter, no copy of the batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathSelection {
-    /// Batch size the gates were read for.
-    pub batch_size: usize,
-    /// New row `k` is old row `order[k]`.
-    pub order: Vec<usize>,
-    /// For every path, the (reordered) rows it serves.
-    pub paths: Vec<PathRows>,
-}
-
-impl PathSelection {
-    /// Reads `[batch_size, num_paths]` gates back to the host (one device sync) and plans the
-    /// block. A gate counts as on when it is above 0.5.
-    pub fn from_gates<B: Backend>(gates: &Tensor<B, 2>) -> Self {
-        let [batch_size, num_paths] = gates.dims();
-        let values = gates.to_data().convert::<f32>().to_vec::<f32>().expect("gates convert to f32");
-        Self::from_host(&values, batch_size, num_paths)
-    }
-
-    /// Plans from row-major `[batch_size, num_paths]` gate values.
-    pub fn from_host(values: &[f32], batch_size: usize, num_paths: usize) -> Self {
-        assert_eq!(
-            values.len(),
-            batch_size * num_paths,
-            "gate values: {} values for batch_size={batch_size}, num_paths={num_paths}",
-            values.len()
-        );
-        let on = |b: usize, i: usize| values[b * num_paths + i] > 0.5;
-        // rank of the first two paths' pattern: 0 only, both, 1 only, neither
-        let key = |b: usize| -> (u8, u64) {
-            let (p0, p1) = (on(b, 0), num_paths > 1 && on(b, 1));
-            let head = match (p0, p1) {
-                (true, false) => 0,
-                (true, true) => 1,
-                (false, true) => 2,
-                (false, false) => 3,
-            };
-            let rest = (2..num_paths).fold(0u64, |acc, i| (acc << 1) | u64::from(!on(b, i)));
-            (head, rest)
-        };
-        let mut order: Vec<usize> = (0..batch_size).collect();
-        order.sort_by_key(|&b| key(b)); // stable: equal patterns keep their order
-        let paths = (0..num_paths)
-            .map(|i| {
-                let rows: Vec<usize> = (0..batch_size).filter(|&k| on(order[k], i)).collect();
-                match (rows.first(), rows.last()) {
-                    (None, _) => PathRows::Skip,
-                    (Some(&s), Some(&e)) if e + 1 - s == rows.len() => PathRows::Range(s, e + 1),
-                    _ => PathRows::Rows(rows),
-                }
-            })
-            .collect();
-        Self { batch_size, order, paths }
-    }
-
-    /// Whether the plan keeps the batch in its order.
-    pub fn is_identity(&self) -> bool {
-        self.order.iter().enumerate().all(|(k, &b)| k == b)
-    }
-}
-
-/// Reorders the rows of a tensor (`out[k] = x[order[k]]`) as one `[rows, features]` gather.
-pub fn reorder_rows<B: Backend, const D: usize>(x: Tensor<B, D>, order: &[usize]) -> Tensor<B, D> {
-    let dims = x.dims();
-    let n = order.len();
-    let features: usize = dims[1..].iter().product();
-    let index = order.iter().map(|&b| b as i64).collect::<Vec<_>>();
-    let index = Tensor::<B, 1, Int>::from_data(TensorData::new(index, [n]), &x.device());
-    let mut out_dims = dims;
-    out_dims[0] = n;
-    x.reshape([dims[0], features]).select(0, index).reshape(out_dims)
-}
-
-/// The inverse of a reordering: `inverse(order)[order[k]] = k`.
-pub fn inverse_order(order: &[usize]) -> Vec<usize> {
-    let mut inv = vec![0; order.len()];
-    for (k, &b) in order.iter().enumerate() {
-        inv[b] = k;
-    }
-    inv
-}
-
 impl<B: Backend> MultiPathBlock<B> {
     /// Number of paths.
     pub fn num_paths(&self) -> usize {
@@ -302,14 +203,9 @@ impl<B: Backend> MultiPathBlock<B> {
         relu(out)
     }
 
-    /// Sparse execution: each path runs only on the samples whose gate is on and is added back
-    /// into the shortcut; a path that no sample needs does not run. Reads the gates to the host
-    /// once (see [`PathSelection`]), runs the block on the reordered batch
-    /// ([`MultiPathBlock::forward_planned`]) and restores the order of the rows.
-    ///
-    /// In inference this equals [`MultiPathBlock::forward_masked`]. With autodiff the outputs are
-    /// multiplied by their gate values so that gradients still reach the gates; batch norm then
-    /// sees only the samples a path serves.
+    /// Sparse execution: each path runs only on the samples whose gate is on and is added to the
+    /// shortcut; a path that no sample needs does not run. Equal to
+    /// [`MultiPathBlock::forward_masked`] in inference (see [`MultiPathBlock::forward_grouped`]).
     ///
     /// # Shapes
     /// - `input`: `[batch_size, channels_in, height, width]`
@@ -320,89 +216,76 @@ impl<B: Backend> MultiPathBlock<B> {
     /// If the gates' shape is not `[batch_size, num_paths]`.
     pub fn forward_sparse(&self, input: Tensor<B, 4>, gates: Tensor<B, 2>) -> Tensor<B, 4> {
         self.check_gates(&input, &gates);
-        let plan = PathSelection::from_gates(&gates);
-        if plan.is_identity() {
-            return self.forward_planned(input, Some(gates), &plan);
-        }
-        let x = reorder_rows(input, &plan.order);
-        let g = reorder_rows(gates, &plan.order);
-        let y = self.forward_planned(x, Some(g), &plan);
-        reorder_rows(y, &inverse_order(&plan.order))
+        self.forward_grouped(GroupedBatch::new(input), gates).into_tensor()
     }
 
-    /// Sparse execution on a batch already in the plan's order (`input[k]` is sample
-    /// `plan.order[k]`); the output keeps that order. `gates` (in the same order) are only used
-    /// with autodiff, to carry their gradient.
+    /// Sparse execution on a grouped batch: reads the gates back once (one device sync), regroups
+    /// the samples by gate pattern ([`GroupedBatch::regroup`]) and runs every group's paths on
+    /// the group's own tensor; the sum `shortcut + path_0 + path_1 + ...` is formed in place in
+    /// the order of [`MultiPathBlock::forward_masked`], so the two agree to rounding.
+    ///
+    /// With autodiff each path instead runs once on all the samples it serves (so its batch norms
+    /// see exactly those samples, as DESIGN §7 asks of BN recalibration) and its output is
+    /// multiplied by the gate values, so that gradients reach the gates.
+    ///
+    /// # Shapes
+    /// - `gates`: `[batch_size, num_paths]`, rows in the caller's order
     ///
     /// # Panics
-    /// If the plan does not fit the batch or the block.
-    pub fn forward_planned(&self, input: Tensor<B, 4>, gates: Option<Tensor<B, 2>>, plan: &PathSelection) -> Tensor<B, 4> {
-        let [batch_size, c, h, w] = input.dims();
+    /// If the gates do not have one row per sample and one column per path.
+    pub fn forward_grouped(&self, batch: GroupedBatch<B>, gates: Tensor<B, 2>) -> GroupedBatch<B> {
+        let [gate_batch, gate_paths] = gates.dims();
         assert!(
-            plan.batch_size == batch_size && plan.paths.len() == self.num_paths(),
-            "path plan for batch_size={}, num_paths={} does not fit a block with batch_size={batch_size}, num_paths={}",
-            plan.batch_size,
-            plan.paths.len(),
+            gate_batch == batch.batch_size() && gate_paths == self.num_paths(),
+            "gates of shape [{gate_batch}, {gate_paths}] do not fit a block with batch_size={}, num_paths={}",
+            batch.batch_size(),
             self.num_paths()
         );
-        let device = input.device();
-        let gates = gates.filter(|_| B::ad_enabled(&device));
-        let gate_rows = |i: usize, rows: std::ops::Range<usize>| {
-            gates.as_ref().map(|g| g.clone().slice([rows.clone(), i..i + 1]).reshape([rows.len(), 1, 1, 1]))
-        };
-        // run every path on its rows first: the identity shortcut can then take over the input
-        // buffer and the paths are added into it in place
-        let mut outputs = Vec::with_capacity(self.num_paths());
-        for (i, (path, rows)) in self.paths.iter().zip(&plan.paths).enumerate() {
-            let (y, rows) = match rows {
-                PathRows::Skip => continue,
-                PathRows::Range(s, e) => {
-                    let x = if *s == 0 && *e == batch_size { input.clone() } else { input.clone().slice([*s..*e]) };
-                    let mut y = path.forward(x);
-                    if let Some(g) = gate_rows(i, *s..*e) {
-                        y = y * g;
-                    }
-                    (y, rows.clone())
-                }
-                PathRows::Rows(list) => {
-                    let n = list.len();
-                    let index = Tensor::<B, 1, Int>::from_data(
-                        TensorData::new(list.iter().map(|&b| b as i64).collect::<Vec<_>>(), [n]),
-                        &device,
-                    );
-                    let x = input.clone().reshape([batch_size, c * h * w]).select(0, index.clone());
-                    let mut y = path.forward(x.reshape([n, c, h, w]));
-                    if let Some(g) = gates.as_ref() {
-                        y = y * g.clone().slice([0..batch_size, i..i + 1]).select(0, index).reshape([n, 1, 1, 1]);
-                    }
-                    (y, rows.clone())
-                }
-            };
-            outputs.push((y, rows));
+        let (batch, patterns) = batch.regroup(&gate_patterns(&gates));
+        let device = gates.device();
+        if B::ad_enabled(&device) {
+            return self.forward_grouped_autodiff(batch, &patterns, gates);
         }
-        let mut out = self.shortcut(input);
-        for (y, rows) in outputs {
-            let [n, co, ho, wo] = y.dims();
-            out = match rows {
-                PathRows::Range(0, e) if e == batch_size => out + y,
-                // y (fresh, unique) takes the sum, then is written into `out`'s rows in place
-                PathRows::Range(s, e) => {
-                    let sum = y + out.clone().slice([s..e]);
-                    out.slice_assign([s..e], sum)
-                }
-                PathRows::Rows(list) => {
-                    let index = Tensor::<B, 1, Int>::from_data(
-                        TensorData::new(list.iter().map(|&b| b as i64).collect::<Vec<_>>(), [n]),
-                        &device,
-                    );
-                    out.reshape([batch_size, co * ho * wo])
-                        .select_assign(0, index, y.reshape([n, co * ho * wo]), IndexingUpdateOp::Add)
-                        .reshape([batch_size, co, ho, wo])
-                }
-                PathRows::Skip => unreachable!("skipped paths produce no output"),
-            };
+        batch.map(|g, x| {
+            // the paths first: the identity shortcut can then take over the input buffer and
+            // every sum is formed in place
+            let outputs: Vec<Tensor<B, 4>> = self
+                .paths
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| patterns[g] >> i & 1 == 1)
+                .map(|(_, path)| path.forward(x.clone()))
+                .collect();
+            let out = outputs.into_iter().fold(self.shortcut(x), |acc, y| acc + y);
+            relu(out)
+        })
+    }
+
+    fn forward_grouped_autodiff(&self, batch: GroupedBatch<B>, patterns: &[PathPattern], gates: Tensor<B, 2>) -> GroupedBatch<B> {
+        let device = gates.device();
+        let [batch_size, _] = gates.dims();
+        let groups = batch.groups();
+        let mut sums: Vec<Tensor<B, 4>> = groups.iter().map(|g| self.shortcut(g.x.clone())).collect();
+        for (i, path) in self.paths.iter().enumerate() {
+            let served: Vec<usize> = (0..groups.len()).filter(|&g| patterns[g] >> i & 1 == 1).collect();
+            if served.is_empty() {
+                continue;
+            }
+            let x = Tensor::cat(served.iter().map(|&g| groups[g].x.clone()).collect(), 0);
+            let samples: Vec<i64> = served.iter().flat_map(|&g| groups[g].samples.iter().map(|&b| b as i64)).collect();
+            let n = samples.len();
+            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(samples, [n]), &device);
+            let gate = gates.clone().slice([0..batch_size, i..i + 1]).select(0, index).reshape([n, 1, 1, 1]);
+            let y = path.forward(x) * gate;
+            let mut start = 0;
+            for &g in &served {
+                let rows = groups[g].samples.len();
+                sums[g] = sums[g].clone() + y.clone().slice([start..start + rows]);
+                start += rows;
+            }
         }
-        relu(out)
+        let mut sums = sums.into_iter();
+        batch.map(|_, _| relu(sums.next().expect("one sum per group")))
     }
 }
 
@@ -523,25 +406,6 @@ mod tests {
         assert!(block.paths[0].conv1.weight.grad(&grads).is_some());
         // path 1 served nobody: it did not run
         assert!(block.paths[1].conv1.weight.grad(&grads).is_none());
-    }
-
-    #[test]
-    fn plan_makes_two_paths_contiguous() {
-        // samples: 0 both, 1 neither, 2 path 0 only, 3 path 1 only, 4 both
-        let g = [1.0, 1.0, 0.0, 0.0, 1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
-        let plan = PathSelection::from_host(&g, 5, 2);
-        // order: path 0 only | both | path 1 only | neither
-        assert_eq!(plan.order, vec![2, 0, 4, 3, 1]);
-        assert_eq!(plan.paths, vec![PathRows::Range(0, 3), PathRows::Range(1, 4)]);
-        assert_eq!(inverse_order(&plan.order), vec![1, 4, 0, 3, 2]);
-        // a third path may be scattered; an unused one is skipped
-        // samples: 0 [1,0,1], 1 [0,1,1], 2 [1,1,0] -> order 0, 2, 1: path 2 serves rows 0 and 2
-        let g3 = [1.0, 0.0, 1.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0];
-        let plan = PathSelection::from_host(&g3, 3, 3);
-        assert_eq!(plan.order, vec![0, 2, 1]);
-        assert_eq!(plan.paths, vec![PathRows::Range(0, 2), PathRows::Range(1, 3), PathRows::Rows(vec![0, 2])]);
-        assert_eq!(PathSelection::from_host(&[0.0, 0.0], 1, 2).paths, vec![PathRows::Skip, PathRows::Skip]);
-        assert!(PathSelection::from_host(&[1.0, 1.0, 1.0, 1.0], 2, 2).is_identity());
     }
 
     #[test]
