@@ -41,10 +41,9 @@ pub struct BenchRow {
     pub ms_min: f64,
     /// Executed MACs as a share of the all-paths-on network.
     pub macs_ratio: f64,
-    /// `(1 − t_sparse/t_full) / (1 − macs_ratio)` on sparse rows with `macs_ratio < 1`.
+    /// `(1 − t_sparse/t_full) / (1 − macs_ratio)` on sparse rows with `macs_ratio < 1`, with
+    /// `t_sparse/t_full` the median of the ratios of each sparse run to the full run just before.
     pub efficiency: Option<f64>,
-    /// Peak resident memory of the run, MiB (CPU only, where Linux reports it).
-    pub peak_mib: Option<f64>,
 }
 
 /// The CSV header.
@@ -93,7 +92,7 @@ impl BenchConfig {
         Self {
             cases: vec![("dmnn50".into(), 224, vec![1, 16]), ("dmnn_small".into(), 28, vec![1, 256])],
             rates: vec![0.25, 0.5, 0.75, 1.0],
-            reps: 7,
+            reps: 15,
             warmup: 1,
             train_cases: vec![("dmnn50".into(), 224, 16), ("resnet50".into(), 224, 16)],
             reference_cases: vec![("resnet50".into(), 224, vec![1, 16])],
@@ -106,7 +105,7 @@ impl BenchConfig {
         Self {
             cases: vec![("dmnn_small".into(), 28, vec![1, 256])],
             rates: vec![0.25, 0.5, 0.75, 1.0],
-            reps: 15,
+            reps: 31,
             warmup: 2,
             train_cases: vec![],
             reference_cases: vec![],
@@ -115,32 +114,31 @@ impl BenchConfig {
     }
 }
 
-/// Peak resident set size since the last reset, MiB (Linux).
-fn peak_rss_mib() -> Option<f64> {
+/// Peak resident set size of this process, MiB (Linux `VmHWM`).
+pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
 }
 
-/// Resets the peak resident set size (Linux: `echo 5 > /proc/self/clear_refs`).
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+fn median_min(mut t: Vec<f64>) -> (f64, f64) {
+    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    (t[t.len() / 2], t[0])
 }
 
 fn time<F: FnMut()>(warmup: usize, reps: usize, mut f: F) -> (f64, f64) {
     for _ in 0..warmup {
         f();
     }
-    let mut times: Vec<f64> = (0..reps.max(1))
+    let times: Vec<f64> = (0..reps.max(1))
         .map(|_| {
             let t = Instant::now();
             f();
             t.elapsed().as_secs_f64() * 1e3
         })
         .collect();
-    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    (times[times.len() / 2], times[0])
+    median_min(times)
 }
 
 fn random_gates<B: Backend>(model: &Dmnn<B>, batch: usize, rate: f64, seed: u64, device: &B::Device) -> Vec<Tensor<B, 2>> {
@@ -188,17 +186,23 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                     bail!("{name} batch {batch} rate {rate}: sparse and masked logits differ by {diff} (> 1e-4)");
                 }
             }
-            // every measurement of this case runs once per round, rounds interleaved, so that
-            // drift of the machine (another process, thermal) hits all modes alike
-            let mut cases: Vec<(f64, &str, Option<Vec<Tensor<B::InnerBackend, 2>>>, f64)> = vec![(1.0, "full", None, 1.0)];
+            // Rounds: in every round each rate runs `full`, then `sparse`, then `masked`. The
+            // machine drifts (other tenants, frequency, the allocator); a sparse run is compared
+            // with the full run just before it, and the efficiency uses the median of those
+            // paired ratios.
+            let mut cases: Vec<(f64, &str, Option<Vec<Tensor<B::InnerBackend, 2>>>, f64)> = Vec::new();
+            let mut macs_ratios = Vec::new();
             for &rate in &config.rates {
                 let gates = random_gates(&model, batch, rate, config.seed, device);
                 let probe = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates.clone()));
                 let macs_ratio = probe.macs_ratio().mean().into_scalar().to_f64();
-                cases.push((rate, "masked", Some(gates.clone()), macs_ratio));
-                cases.push((rate, "sparse", Some(gates), macs_ratio));
+                macs_ratios.push(macs_ratio);
+                cases.push((rate, "full", None, 1.0));
+                cases.push((rate, "sparse", Some(gates.clone()), macs_ratio));
+                cases.push((rate, "masked", Some(gates), macs_ratio));
             }
             let run = |case: &(f64, &str, Option<Vec<Tensor<B::InnerBackend, 2>>>, f64)| {
+                let start = Instant::now();
                 let out = match (&case.2, case.1) {
                     (None, _) => static_model.forward(x.clone()),
                     (Some(g), "masked") => model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(g.clone())),
@@ -206,48 +210,44 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                 };
                 let _ = out.logits.into_data();
                 sync(device);
+                start.elapsed().as_secs_f64() * 1e3
             };
-            let mut peaks = Vec::new();
             for case in &cases {
-                let tracked = reset_peak_rss();
                 for _ in 0..config.warmup.max(1) {
                     run(case);
                 }
-                peaks.push(if tracked { peak_rss_mib() } else { None });
             }
             let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
             for _ in 0..config.reps.max(1) {
                 for (t, case) in times.iter_mut().zip(&cases) {
-                    let start = Instant::now();
-                    run(case);
-                    t.push(start.elapsed().as_secs_f64() * 1e3);
+                    t.push(run(case));
                 }
             }
-            let stats: Vec<(f64, f64)> = times
-                .into_iter()
-                .map(|mut t| {
-                    t.sort_by(|a, b| a.partial_cmp(b).unwrap());
-                    (t[t.len() / 2], t[0])
-                })
-                .collect();
-            let full_ms = stats[0].0;
-            for ((case, (ms, min)), peak) in cases.iter().zip(stats).zip(peaks) {
-                let (rate, mode, _, macs_ratio) = (case.0, case.1, &case.2, case.3);
-                let efficiency = (mode == "sparse" && macs_ratio < 0.999).then(|| (1.0 - ms / full_ms) / (1.0 - macs_ratio));
-                let row = BenchRow {
-                    model: name.clone(),
-                    image_size: *size,
-                    batch,
-                    rate,
-                    mode: mode.to_string(),
-                    ms_median: ms,
-                    ms_min: min,
-                    macs_ratio,
-                    efficiency,
-                    peak_mib: peak,
-                };
+            let full: Vec<f64> = (0..cases.len()).step_by(3).flat_map(|k| times[k].iter().copied()).collect();
+            let (full_median, full_min) = median_min(full);
+            let mut emit = |row: BenchRow| {
                 progress(&row);
                 rows.push(row);
+            };
+            let row = |rate: f64, mode: &str, (ms_median, ms_min): (f64, f64), macs_ratio: f64, efficiency: Option<f64>| BenchRow {
+                model: name.clone(),
+                image_size: *size,
+                batch,
+                rate,
+                mode: mode.to_string(),
+                ms_median,
+                ms_min,
+                macs_ratio,
+                efficiency,
+            };
+            emit(row(1.0, "full", (full_median, full_min), 1.0, None));
+            for (r, &rate) in config.rates.iter().enumerate() {
+                let (t_full, t_sparse, t_masked) = (&times[3 * r], &times[3 * r + 1], &times[3 * r + 2]);
+                let ratios: Vec<f64> = t_sparse.iter().zip(t_full).map(|(s, f)| s / f).collect();
+                let macs_ratio = macs_ratios[r];
+                let efficiency = (macs_ratio < 0.999).then(|| (1.0 - median_min(ratios).0) / (1.0 - macs_ratio));
+                emit(row(rate, "masked", median_min(t_masked.clone()), macs_ratio, None));
+                emit(row(rate, "sparse", median_min(t_sparse.clone()), macs_ratio, efficiency));
             }
         }
     }
@@ -255,12 +255,11 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
         let (cfg, model) = model_for::<B::InnerBackend>(name, device)?;
         for &batch in batches {
             let x = images::<B::InnerBackend>(&cfg, *size, batch, device);
-            let tracked = reset_peak_rss();
             let (ms, min) = time(config.warmup, config.reps, || {
                 let _ = model.forward(x.clone()).logits.into_data();
                 sync(device);
             });
-            let row = BenchRow { model: name.clone(), image_size: *size, batch, rate: 1.0, mode: "full".into(), ms_median: ms, ms_min: min, macs_ratio: 1.0, efficiency: None, peak_mib: if tracked { peak_rss_mib() } else { None } };
+            let row = BenchRow { model: name.clone(), image_size: *size, batch, rate: 1.0, mode: "full".into(), ms_median: ms, ms_min: min, macs_ratio: 1.0, efficiency: None };
             progress(&row);
             rows.push(row);
         }
@@ -281,11 +280,98 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
             let _ = model.fc.weight.val().sum().into_data();
             sync(device);
         });
-        let row = BenchRow { model: name.clone(), image_size: *size, batch: *batch, rate: 1.0, mode: "train".into(), ms_median: ms, ms_min: min, macs_ratio: ratio, efficiency: None, peak_mib: None };
+        let row = BenchRow { model: name.clone(), image_size: *size, batch: *batch, rate: 1.0, mode: "train".into(), ms_median: ms, ms_min: min, macs_ratio: ratio, efficiency: None };
         progress(&row);
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// One inference case of the memory measurement, written `model:image_size:batch:rate:mode`
+/// (`mode` is `full`, `masked` or `sparse`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryCase {
+    /// Model preset.
+    pub model: String,
+    /// Input side.
+    pub image_size: usize,
+    /// Batch size.
+    pub batch: usize,
+    /// Gate rate.
+    pub rate: f64,
+    /// `full`, `masked` or `sparse`.
+    pub mode: String,
+}
+
+impl std::str::FromStr for MemoryCase {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let parts: Vec<&str> = s.split(':').collect();
+        let [model, size, batch, rate, mode] = parts[..] else {
+            bail!("memory case '{s}' is not model:image_size:batch:rate:mode");
+        };
+        if !["full", "masked", "sparse"].contains(&mode) {
+            bail!("memory case '{s}': mode '{mode}' is not one of full, masked, sparse");
+        }
+        let number = |what: &str, v: &str| -> Result<f64> { v.parse().with_context(|| format!("memory case '{s}': {what} '{v}' is not a number")) };
+        Ok(Self {
+            model: model.to_string(),
+            image_size: number("image_size", size)? as usize,
+            batch: number("batch", batch)? as usize,
+            rate: number("rate", rate)?,
+            mode: mode.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for MemoryCase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}:{}:{}", self.model, self.image_size, self.batch, self.rate, self.mode)
+    }
+}
+
+/// Runs one memory case in this process: the model, the gates of the timed benchmark (same
+/// seed), a warm-up and one run. Meant for a fresh process (`dmnn bench --memory-case`), whose
+/// peak resident set ([`peak_rss_mib`]) is then the case's alone: the binary, the weights and the
+/// largest working set of the forward pass.
+pub fn run_memory_case<B: Backend>(case: &MemoryCase, seed: u64, device: &B::Device) -> Result<()> {
+    let (config, mut model) = model_for::<B>(&case.model, device)?;
+    let x = images::<B>(&config, case.image_size, case.batch, device);
+    let gates = (case.mode != "full").then(|| random_gates(&model, case.batch, case.rate, seed, device));
+    if case.mode == "full" {
+        model.controller = None;
+    }
+    let mode = if case.mode == "masked" { ExecutionMode::Masked } else { ExecutionMode::Sparse };
+    for _ in 0..2 {
+        let mut options = ForwardOptions::mode(mode);
+        if let Some(g) = &gates {
+            options = options.with_gates(g.clone());
+        }
+        let _ = model.forward_with(x.clone(), options).logits.into_data();
+        let _ = B::sync(device);
+    }
+    Ok(())
+}
+
+/// The memory cases of the inference rows of a benchmark.
+pub fn memory_cases(rows: &[BenchRow]) -> Vec<MemoryCase> {
+    rows.iter()
+        .filter(|r| ["full", "masked", "sparse"].contains(&r.mode.as_str()))
+        .map(|r| MemoryCase { model: r.model.clone(), image_size: r.image_size, batch: r.batch, rate: r.rate, mode: r.mode.clone() })
+        .collect()
+}
+
+/// Writes the peak-memory rows as CSV (`model,image_size,batch,rate,mode,peak_rss_mib`), with a
+/// first comment line naming the machine.
+pub fn write_memory_csv(path: &PathBuf, rows: &[(MemoryCase, f64)], machine: &str) -> Result<()> {
+    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    writeln!(f, "# {machine}; peak resident set of a fresh process running the case (binary, weights, largest working set)")?;
+    writeln!(f, "model,image_size,batch,rate,mode,peak_rss_mib")?;
+    for (c, mib) in rows {
+        writeln!(f, "{},{},{},{},{},{mib:.1}", c.model, c.image_size, c.batch, c.rate, c.mode)?;
+    }
+    Ok(())
 }
 
 /// Writes the rows as CSV, with a first comment line naming the machine.

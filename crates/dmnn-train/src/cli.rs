@@ -62,6 +62,10 @@ pub struct BenchArgs {
     /// Measure the ImageNet input pipeline instead (decode + RandomResizedCrop + flip + normalise, one core).
     #[arg(long)]
     pub pipeline: bool,
+    /// Run one inference case `model:image_size:batch:rate:mode` and print this process's peak
+    /// resident memory (the benchmark runs each case so, in a fresh process).
+    #[arg(long, hide = true)]
+    pub memory_case: Option<crate::bench::MemoryCase>,
 }
 
 /// Backend and device.

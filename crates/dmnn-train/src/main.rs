@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use dmnn_core::{DmnnConfig, ExecutionMode};
@@ -262,9 +262,8 @@ struct BenchJob(BenchArgs);
 
 fn print_row(r: &BenchRow) {
     let eff = r.efficiency.map(|e| format!("{e:.2}")).unwrap_or_default();
-    let extra = match (r.mode.as_str(), r.peak_mib) {
-        ("train", _) => format!("{:.1} img/s", r.batch as f64 / (r.ms_median / 1e3)),
-        (_, Some(m)) => format!("peak {m:.0} MiB"),
+    let extra = match r.mode.as_str() {
+        "train" => format!("{:.1} img/s", r.batch as f64 / (r.ms_median / 1e3)),
         _ => String::new(),
     };
     println!(
@@ -294,9 +293,19 @@ impl BackendJob for BenchJob {
         if let Some(r) = args.reps {
             config.reps = r;
         }
+        if let Some(case) = &args.memory_case {
+            dmnn_train::bench::run_memory_case::<B::InnerBackend>(case, config.seed, &device)?;
+            let peak = dmnn_train::bench::peak_rss_mib().context("this system does not report the peak resident set (/proc/self/status)")?;
+            println!("peak_rss_mib {peak:.1}");
+            return Ok(());
+        }
         let machine = machine_description(name);
         println!("dmnn bench on {machine}");
-        println!("(Sparse checked equal to Masked within 1e-4 before timing; times are medians of {} runs after warm-up)", config.reps);
+        println!(
+            "(Sparse checked equal to Masked within 1e-4 before timing; times are medians of {} rounds after warm-up; \
+             efficiency from the median ratio of each sparse run to the full run just before it)",
+            config.reps
+        );
         println!(
             "{:<12} {:>4} {:>5} {:>5} {:<7} {:>10} {:>10} {:>7} {:>6}",
             "model", "size", "batch", "rate", "mode", "ms_median", "ms_min", "macs", "eff"
@@ -308,11 +317,42 @@ impl BackendJob for BenchJob {
         });
         write_csv(&out, &rows, &machine)?;
         println!("wrote {}", out.display());
+        if name.starts_with("cpu") {
+            let memory = peak_memory(&rows)?;
+            let memory_out = out.with_file_name(format!(
+                "{}-memory.csv",
+                out.file_stem().and_then(|s| s.to_str()).unwrap_or("bench")
+            ));
+            dmnn_train::bench::write_memory_csv(&memory_out, &memory, &machine)?;
+            println!("wrote {}", memory_out.display());
+        }
         if args.compare_pytorch {
             dmnn_train::bench::compare_pytorch(&rows)?;
         }
         Ok(())
     }
+}
+
+/// Peak resident memory of every inference case, each in a fresh process of this binary
+/// (`dmnn bench --memory-case`), so that no case inherits another's heap.
+fn peak_memory(rows: &[BenchRow]) -> Result<Vec<(dmnn_train::bench::MemoryCase, f64)>> {
+    let exe = std::env::current_exe().context("locating the dmnn binary")?;
+    println!("peak resident memory, each case in a fresh process:");
+    let mut out = Vec::new();
+    for case in dmnn_train::bench::memory_cases(rows) {
+        let output = std::process::Command::new(&exe)
+            .args(["bench", "--memory-case", &case.to_string()])
+            .output()
+            .with_context(|| format!("running {} bench --memory-case {case}", exe.display()))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let peak = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("peak_rss_mib ").and_then(|v| v.trim().parse::<f64>().ok()))
+            .with_context(|| format!("memory case {case} failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr)))?;
+        println!("  {case:<32} {peak:>8.1} MiB");
+        out.push((case, peak));
+    }
+    Ok(out)
 }
 
 fn init_from_torchvision(args: InitArgs) -> Result<()> {
