@@ -75,7 +75,7 @@ impl<B: Backend> BatchNorm2d<B> {
     /// - `input`: `[batch_size, channels, height, width]`
     /// - output: same as `input`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        let [batch_size, channels, _, _] = input.dims();
+        let [_, channels, _, _] = input.dims();
         assert_eq!(
             channels,
             self.gamma.dims()[0],
@@ -85,11 +85,27 @@ impl<B: Backend> BatchNorm2d<B> {
         if B::ad_enabled(&input.device()) {
             self.forward_train(input)
         } else {
-            let inv_std = self.running_var.value().add_scalar(self.epsilon).sqrt().recip();
-            let scale = self.gamma.val() * inv_std; // [C]
-            let shift = self.beta.val() - self.running_mean.value() * scale.clone(); // [C]
-            input * per_sample(scale, batch_size) + per_sample(shift, batch_size)
+            Self::apply_affine(input, &self.inference_affine())
         }
+    }
+
+    /// The per-channel `(scale, shift)` of inference, `y = x · scale + shift`, each `[channels]`.
+    /// Sparse execution computes it once per block and reuses it for every group of samples.
+    pub fn inference_affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let inv_std = self.running_var.value().add_scalar(self.epsilon).sqrt().recip();
+        let scale = self.gamma.val() * inv_std; // [C]
+        let shift = self.beta.val() - self.running_mean.value() * scale.clone(); // [C]
+        (scale, shift)
+    }
+
+    /// Applies an affine from [`BatchNorm2d::inference_affine`].
+    ///
+    /// # Shapes
+    /// - `input`: `[batch_size, channels, height, width]`
+    /// - output: same as `input`
+    pub fn apply_affine(input: Tensor<B, 4>, (scale, shift): &(Tensor<B, 1>, Tensor<B, 1>)) -> Tensor<B, 4> {
+        let [batch_size, ..] = input.dims();
+        input * per_sample(scale.clone(), batch_size) + per_sample(shift.clone(), batch_size)
     }
 
     fn forward_train(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {

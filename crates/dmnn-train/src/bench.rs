@@ -1,12 +1,16 @@
 //! `dmnn bench`: does skipping MACs save time? Sparse against Masked against the static network,
 //! at random gate rates, plus training throughput and ResNet-50 references.
 //!
-//! Every timing is the median (and minimum) of several runs after warm-up, with the device
-//! synchronised around each run. Before timing, the benchmark checks that Sparse and Masked give
-//! the same logits (no autodiff, within 1e-4). Rows (also written as CSV):
+//! Timings run in rounds after warm-up, the device synchronised around each run; in every round
+//! each rate runs `full`, `sparse`, `masked` in turn, and rows report the median and minimum.
+//! Before timing, the benchmark checks that Sparse and Masked give the same logits (no autodiff,
+//! within 1e-4). Rows (also written as CSV):
 //! `model,image_size,batch,rate,mode,ms_median,ms_min,macs_ratio,efficiency`, where `mode` is
 //! `full` (the static all-paths-on network), `masked`, `sparse` or `train` (one optimiser step),
-//! and `efficiency = (1 − t_sparse/t_full) / (1 − macs/macs_full)` on sparse rows.
+//! and `efficiency = (1 − t_sparse/t_full) / (1 − macs/macs_full)` on sparse rows, with
+//! `t_sparse/t_full` the median ratio of each sparse run to the full run just before it (the
+//! machine's drift cancels in the pair). Peak memory is measured per case in a fresh process
+//! ([`run_memory_case`]).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -44,6 +48,8 @@ pub struct BenchRow {
     /// `(1 − t_sparse/t_full) / (1 − macs_ratio)` on sparse rows with `macs_ratio < 1`, with
     /// `t_sparse/t_full` the median of the ratios of each sparse run to the full run just before.
     pub efficiency: Option<f64>,
+    /// That median ratio `t_sparse/t_full` on sparse rows (not written to the CSV).
+    pub ratio_to_full: Option<f64>,
 }
 
 /// The CSV header.
@@ -229,7 +235,7 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                 progress(&row);
                 rows.push(row);
             };
-            let row = |rate: f64, mode: &str, (ms_median, ms_min): (f64, f64), macs_ratio: f64, efficiency: Option<f64>| BenchRow {
+            let row = |rate: f64, mode: &str, (ms_median, ms_min): (f64, f64), macs_ratio: f64, ratio_to_full: Option<f64>| BenchRow {
                 model: name.clone(),
                 image_size: *size,
                 batch,
@@ -238,16 +244,16 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                 ms_median,
                 ms_min,
                 macs_ratio,
-                efficiency,
+                efficiency: ratio_to_full.filter(|_| macs_ratio < 0.999).map(|r| (1.0 - r) / (1.0 - macs_ratio)),
+                ratio_to_full,
             };
             emit(row(1.0, "full", (full_median, full_min), 1.0, None));
             for (r, &rate) in config.rates.iter().enumerate() {
                 let (t_full, t_sparse, t_masked) = (&times[3 * r], &times[3 * r + 1], &times[3 * r + 2]);
                 let ratios: Vec<f64> = t_sparse.iter().zip(t_full).map(|(s, f)| s / f).collect();
                 let macs_ratio = macs_ratios[r];
-                let efficiency = (macs_ratio < 0.999).then(|| (1.0 - median_min(ratios).0) / (1.0 - macs_ratio));
                 emit(row(rate, "masked", median_min(t_masked.clone()), macs_ratio, None));
-                emit(row(rate, "sparse", median_min(t_sparse.clone()), macs_ratio, efficiency));
+                emit(row(rate, "sparse", median_min(t_sparse.clone()), macs_ratio, Some(median_min(ratios).0)));
             }
         }
     }
@@ -259,7 +265,7 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                 let _ = model.forward(x.clone()).logits.into_data();
                 sync(device);
             });
-            let row = BenchRow { model: name.clone(), image_size: *size, batch, rate: 1.0, mode: "full".into(), ms_median: ms, ms_min: min, macs_ratio: 1.0, efficiency: None };
+            let row = BenchRow { model: name.clone(), image_size: *size, batch, rate: 1.0, mode: "full".into(), ms_median: ms, ms_min: min, macs_ratio: 1.0, efficiency: None, ratio_to_full: None };
             progress(&row);
             rows.push(row);
         }
@@ -280,7 +286,7 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
             let _ = model.fc.weight.val().sum().into_data();
             sync(device);
         });
-        let row = BenchRow { model: name.clone(), image_size: *size, batch: *batch, rate: 1.0, mode: "train".into(), ms_median: ms, ms_min: min, macs_ratio: ratio, efficiency: None };
+        let row = BenchRow { model: name.clone(), image_size: *size, batch: *batch, rate: 1.0, mode: "train".into(), ms_median: ms, ms_min: min, macs_ratio: ratio, efficiency: None, ratio_to_full: None };
         progress(&row);
         rows.push(row);
     }
@@ -469,4 +475,40 @@ pub fn bench_pipeline(photos: &std::path::Path, images: usize) -> Result<(usize,
     }
     let secs = start.elapsed().as_secs_f64();
     Ok((files.len(), images, secs, images as f64 / secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_case_round_trips_and_names_bad_input() {
+        let case: MemoryCase = "dmnn50:224:16:0.5:sparse".parse().unwrap();
+        assert_eq!((case.model.as_str(), case.image_size, case.batch, case.rate, case.mode.as_str()), ("dmnn50", 224, 16, 0.5, "sparse"));
+        assert_eq!(case.to_string().parse::<MemoryCase>().unwrap(), case);
+        let err = "dmnn50:224:16:0.5:fast".parse::<MemoryCase>().unwrap_err().to_string();
+        assert!(err.contains("mode 'fast'"), "{err}");
+        let err = "dmnn50:224:x:0.5:full".parse::<MemoryCase>().unwrap_err().to_string();
+        assert!(err.contains("batch 'x'"), "{err}");
+        assert!("dmnn50:224".parse::<MemoryCase>().is_err());
+    }
+
+    #[test]
+    fn memory_cases_cover_the_inference_rows() {
+        let row = |mode: &str| BenchRow {
+            model: "m".into(),
+            image_size: 28,
+            batch: 4,
+            rate: 0.5,
+            mode: mode.into(),
+            ms_median: 1.0,
+            ms_min: 1.0,
+            macs_ratio: 1.0,
+            efficiency: None,
+            ratio_to_full: None,
+        };
+        let cases = memory_cases(&[row("full"), row("sparse"), row("train"), row("masked")]);
+        let modes: Vec<&str> = cases.iter().map(|c| c.mode.as_str()).collect();
+        assert_eq!(modes, vec!["full", "sparse", "masked"]);
+    }
 }

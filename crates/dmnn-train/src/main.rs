@@ -262,8 +262,9 @@ struct BenchJob(BenchArgs);
 
 fn print_row(r: &BenchRow) {
     let eff = r.efficiency.map(|e| format!("{e:.2}")).unwrap_or_default();
-    let extra = match r.mode.as_str() {
-        "train" => format!("{:.1} img/s", r.batch as f64 / (r.ms_median / 1e3)),
+    let extra = match (r.mode.as_str(), r.ratio_to_full) {
+        ("train", _) => format!("{:.1} img/s", r.batch as f64 / (r.ms_median / 1e3)),
+        (_, Some(ratio)) => format!("{:.3} of full", ratio),
         _ => String::new(),
     };
     println!(
@@ -340,8 +341,11 @@ fn peak_memory(rows: &[BenchRow]) -> Result<Vec<(dmnn_train::bench::MemoryCase, 
     println!("peak resident memory, each case in a fresh process:");
     let mut out = Vec::new();
     for case in dmnn_train::bench::memory_cases(rows) {
+        // mimalloc returns freed memory at once, so the peak resident set follows the live heap
+        // rather than what the allocator kept cached
         let output = std::process::Command::new(&exe)
             .args(["bench", "--memory-case", &case.to_string()])
+            .env("MIMALLOC_PURGE_DELAY", "0")
             .output()
             .with_context(|| format!("running {} bench --memory-case {case}", exe.display()))?;
         let stdout = String::from_utf8_lossy(&output.stdout);

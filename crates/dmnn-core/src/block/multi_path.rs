@@ -19,7 +19,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Slice, Tensor, TensorData};
 
 use super::grouped::{gate_patterns, GroupedBatch, PathPattern};
-use super::path::{conv, conv_out_size, BlockKind, Path, PathConfig};
+use super::path::{conv, conv_out_size, BlockKind, Path, PathAffines, PathConfig};
 
 /// Configuration of a [`MultiPathBlock`].
 #[derive(Config, Debug)]
@@ -274,17 +274,26 @@ impl<B: Backend> MultiPathBlock<B> {
         if B::ad_enabled(&device) {
             return self.forward_grouped_autodiff(batch, &patterns, gates);
         }
+        // batch-norm affines once per path, whatever the number of groups it serves
+        let affines: Vec<Option<PathAffines<B>>> = (0..self.num_paths())
+            .map(|i| patterns.iter().any(|p| p >> i & 1 == 1).then(|| self.paths[i].inference_affines()))
+            .collect();
         batch.map(|g, x| {
-            // the paths first: the identity shortcut can then take over the input buffer and
-            // every sum is formed in place
-            let outputs: Vec<Tensor<B, 4>> = self
+            let paths = self
                 .paths
                 .iter()
+                .zip(&affines)
                 .enumerate()
                 .filter(|(i, _)| patterns[g] >> i & 1 == 1)
-                .map(|(_, path)| path.forward(x.clone()))
-                .collect();
-            let out = outputs.into_iter().fold(self.shortcut(x), |acc, y| acc + y);
+                .map(|(_, (path, affine))| (path, affine.as_ref().expect("affines of every path in use")));
+            let out = if self.downsample.is_some() {
+                // the projection first: its fresh output takes every sum in place
+                paths.fold(self.shortcut(x.clone()), |acc, (path, a)| acc + path.forward_inference(x.clone(), a))
+            } else {
+                // the paths first: the identity shortcut can then take over the input buffer
+                let outputs: Vec<Tensor<B, 4>> = paths.map(|(path, a)| path.forward_inference(x.clone(), a)).collect();
+                outputs.into_iter().fold(x, |acc, y| acc + y)
+            };
             relu(out)
         })
     }

@@ -152,6 +152,12 @@ pub struct Path<B: Backend> {
     pub bn3: Option<BatchNorm2d<B>>,
 }
 
+/// The inference batch-norm affines of a path ([`BatchNorm2d::inference_affine`] of `bn1`,
+/// `bn2` and, in a bottleneck, `bn3`), computed once per block and reused for every group of
+/// samples the path serves.
+#[derive(Debug, Clone)]
+pub struct PathAffines<B: Backend>(Vec<(Tensor<B, 1>, Tensor<B, 1>)>);
+
 impl<B: Backend> Path<B> {
     /// The residual branch, without the shortcut and without the final ReLU.
     ///
@@ -159,10 +165,38 @@ impl<B: Backend> Path<B> {
     /// - `input`: `[batch_size, channels_in, height, width]`
     /// - output: `[batch_size, channels_out, height / stride, width / stride]`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(input)));
-        let x = self.bn2.forward(self.conv2.forward(x));
+        if B::ad_enabled(&input.device()) {
+            self.forward_normed(input, |bn, _, x| bn.forward(x))
+        } else {
+            self.forward_inference(input, &self.inference_affines())
+        }
+    }
+
+    /// The batch-norm affines of inference.
+    pub fn inference_affines(&self) -> PathAffines<B> {
+        let norms = [Some(&self.bn1), Some(&self.bn2), self.bn3.as_ref()];
+        PathAffines(norms.into_iter().flatten().map(BatchNorm2d::inference_affine).collect())
+    }
+
+    /// [`Path::forward`] in inference with precomputed batch-norm affines.
+    ///
+    /// # Shapes
+    /// - `input`: `[batch_size, channels_in, height, width]`
+    /// - output: `[batch_size, channels_out, height / stride, width / stride]`
+    pub fn forward_inference(&self, input: Tensor<B, 4>, affines: &PathAffines<B>) -> Tensor<B, 4> {
+        self.forward_normed(input, |_, k, x| BatchNorm2d::apply_affine(x, &affines.0[k]))
+    }
+
+    /// The branch with `norm(bn, k, x)` as its `k`-th batch norm.
+    fn forward_normed(
+        &self,
+        input: Tensor<B, 4>,
+        mut norm: impl FnMut(&BatchNorm2d<B>, usize, Tensor<B, 4>) -> Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let x = relu(norm(&self.bn1, 0, self.conv1.forward(input)));
+        let x = norm(&self.bn2, 1, self.conv2.forward(x));
         match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => bn3.forward(conv3.forward(relu(x))),
+            (Some(conv3), Some(bn3)) => norm(bn3, 2, conv3.forward(relu(x))),
             _ => x,
         }
     }
