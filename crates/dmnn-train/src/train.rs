@@ -150,6 +150,11 @@ fn latest_checkpoint(dir: &Path) -> Option<usize> {
 pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options: RunOptions, resume: bool) -> Result<Summary> {
     let start = Instant::now();
     config.validate().map_err(anyhow::Error::msg)?;
+    // data first: a missing path or a class mismatch is an error before anything is written
+    let train_source = load_split(&config.data, Split::Train)?;
+    let valid_source = load_split(&config.data, Split::Test)?;
+    check_data(&config, train_source.as_ref(), "training")?;
+    check_data(&config, valid_source.as_ref(), "validation")?;
     let run_dir = match &options.out {
         Some(d) => d.clone(),
         None => PathBuf::from("runs").join(format!("{}-{}", timestamp(), config.run_name())),
@@ -158,11 +163,6 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
     let interactive = !options.plain && std::io::stdout().is_terminal();
     let log = RunLog::open(&run_dir.join("train.log"), interactive).context("opening train.log")?;
 
-    // data first: a missing path or a class mismatch is an error before anything trains
-    let train_source = load_split(&config.data, Split::Train)?;
-    let valid_source = load_split(&config.data, Split::Test)?;
-    check_data(&config, train_source.as_ref(), "training")?;
-    check_data(&config, valid_source.as_ref(), "validation")?;
     let config_json = serde_json::to_string_pretty(&config)?;
     if !resume {
         write_atomic(&run_dir.join("config.json"), config_json.as_bytes())?;

@@ -107,6 +107,7 @@ fn missing_data_path_exits_non_zero_naming_it() {
     let out = run(dmnn().args(quick_fashion_args(&tmp.path().join("run"), 1)).args(["--data", "/nonexistent/fashion"]));
     assert!(!out.status.success());
     assert!(text(&out).contains("/nonexistent/fashion"), "{}", text(&out));
+    assert!(!tmp.path().join("run").exists(), "a run that found no data left a run directory");
     let out = run(dmnn().args(["train-imagenet", "--plain", "--data", "/nonexistent/imagenet"]));
     assert!(!out.status.success());
     assert!(text(&out).contains("ImageNet directory not found: /nonexistent/imagenet"), "{}", text(&out));
