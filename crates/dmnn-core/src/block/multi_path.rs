@@ -279,23 +279,38 @@ impl<B: Backend> MultiPathBlock<B> {
             .map(|i| patterns.iter().any(|p| p >> i & 1 == 1).then(|| self.paths[i].inference_affines()))
             .collect();
         batch.map(|g, x| {
-            let paths = self
+            let on: Vec<(&Path<B>, &PathAffines<B>)> = self
                 .paths
                 .iter()
                 .zip(&affines)
                 .enumerate()
                 .filter(|(i, _)| patterns[g] >> i & 1 == 1)
-                .map(|(_, (path, affine))| (path, affine.as_ref().expect("affines of every path in use")));
-            let out = if self.downsample.is_some() {
-                // the projection first: its fresh output takes every sum in place
-                paths.fold(self.shortcut(x.clone()), |acc, (path, a)| acc + path.forward_inference(x.clone(), a))
-            } else {
-                // the paths first: the identity shortcut can then take over the input buffer
-                let outputs: Vec<Tensor<B, 4>> = paths.map(|(path, a)| path.forward_inference(x.clone(), a)).collect();
-                outputs.into_iter().fold(x, |acc, y| acc + y)
-            };
-            relu(out)
+                .map(|(_, (path, affine))| (path, affine.as_ref().expect("affines of every path in use")))
+                .collect();
+            relu(self.sum_paths(x, &on))
         })
+    }
+
+    /// `shortcut(x) + Σ path(x)` over the given paths, summed in the order of
+    /// [`MultiPathBlock::forward_masked`] (so the two agree bit for bit) while holding as few
+    /// block-sized buffers as possible: every sum is formed in place, and the last path takes
+    /// the input itself, so the input's buffer is freed as soon as the path's first convolution
+    /// has read it.
+    fn sum_paths(&self, x: Tensor<B, 4>, on: &[(&Path<B>, &PathAffines<B>)]) -> Tensor<B, 4> {
+        let mut x = Some(x);
+        // a projection is computed first and takes the sums; the identity is added with the first
+        // path (y + x == x + y in floating point)
+        let mut acc = self.downsample.is_some().then(|| self.shortcut(x.clone().expect("input")));
+        for (k, (path, affines)) in on.iter().enumerate() {
+            let last = k + 1 == on.len();
+            let input = if last && acc.is_some() { x.take() } else { x.clone() }.expect("input");
+            let y = path.forward_inference(input, affines);
+            acc = Some(match acc {
+                Some(sum) => sum + y,
+                None => y + x.clone().expect("input"),
+            });
+        }
+        acc.unwrap_or_else(|| self.shortcut(x.expect("input")))
     }
 
     fn forward_grouped_autodiff(&self, batch: GroupedBatch<B>, patterns: &[PathPattern], gates: Tensor<B, 2>) -> GroupedBatch<B> {
