@@ -28,6 +28,7 @@ mod config;
 mod cost;
 mod network;
 mod norm;
+pub mod pool;
 pub mod presets;
 pub mod weights;
 

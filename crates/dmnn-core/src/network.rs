@@ -19,6 +19,10 @@ use crate::block::{conv, GroupedBatch, MultiPathBlock};
 use crate::config::{DmnnConfig, StemKind};
 use crate::cost::CostReport;
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
+use crate::pool::{host_pool_applies, max_pool2d_host};
+
+/// Kernel, stride and padding of the ImageNet stem's max pool (torchvision's ResNet).
+const STEM_POOL: (usize, usize, usize) = (3, 2, 1);
 
 /// How the paths of a gated block are executed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -188,9 +192,10 @@ impl DmnnConfig {
             conv1: conv(self.in_channels, self.stem_width, k, s, device),
             bn1: BatchNorm2dConfig::new(self.stem_width).init(device),
             maxpool: matches!(self.stem, StemKind::ImageNet).then(|| {
-                MaxPool2dConfig::new([3, 3])
-                    .with_strides([2, 2])
-                    .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                let (k, s, p) = STEM_POOL;
+                MaxPool2dConfig::new([k, k])
+                    .with_strides([s, s])
+                    .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
                     .init()
             }),
             layers,
@@ -230,6 +235,10 @@ impl<B: Backend> Dmnn<B> {
     pub fn forward_stem(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
         let x = relu(self.bn1.forward(self.conv1.forward(input)));
         match &self.maxpool {
+            Some(_) if host_pool_applies::<B>(&x.device()) => {
+                let (k, s, p) = STEM_POOL;
+                max_pool2d_host(x, k, s, p)
+            }
             Some(pool) => pool.forward(x),
             None => x,
         }
