@@ -189,11 +189,17 @@ impl<B: Backend> MultiPathBlock<B> {
     /// - `input`: `[batch_size, channels_in, height, width]`
     /// - output: `[batch_size, channels_out, height / stride, width / stride]`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        let out = self
-            .paths
-            .iter()
-            .fold(self.shortcut(input.clone()), |acc, path| acc + path.forward(input.clone()));
-        relu(out)
+        if B::ad_enabled(&input.device()) {
+            let out = self
+                .paths
+                .iter()
+                .fold(self.shortcut(input.clone()), |acc, path| acc + path.forward(input.clone()));
+            return relu(out);
+        }
+        // inference: the same summation as sparse execution with every gate on
+        let affines: Vec<PathAffines<B>> = self.paths.iter().map(Path::inference_affines).collect();
+        let on: Vec<(&Path<B>, &PathAffines<B>)> = self.paths.iter().zip(&affines).collect();
+        relu(self.sum_paths(input, &on))
     }
 
     pub(crate) fn check_gates(&self, input: &Tensor<B, 4>, gates: &Tensor<B, 2>) {
