@@ -12,7 +12,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use dmnn_gate::{Controller, ControllerState};
+use dmnn_gate::{global_avg_pool, Controller, ControllerState};
 use serde::{Deserialize, Serialize};
 
 use crate::block::{conv, GroupedBatch, MultiPathBlock};
@@ -250,9 +250,7 @@ impl<B: Backend> Dmnn<B> {
     /// - `features`: `[batch_size, channels, height, width]`
     /// - output: `[batch_size, num_classes]`
     pub fn forward_head(&self, features: Tensor<B, 4>) -> Tensor<B, 2> {
-        let [batch_size, channels, _, _] = features.dims();
-        let pooled = features.mean_dim(3).mean_dim(2).reshape([batch_size, channels]); // [B, C]
-        self.fc.forward(pooled)
+        self.fc.forward(global_avg_pool(features))
     }
 
     /// The forward pass with the default options: controller gates, `Masked` with autodiff and
@@ -306,10 +304,7 @@ impl<B: Backend> Dmnn<B> {
             let gates = match (fixed_gates.as_mut(), &self.controller) {
                 (Some(given), _) => Some(given.next().expect("one gate tensor per block")),
                 (None, Some(controller)) => {
-                    let pooled = x.rows_to_caller(|t| {
-                        let [n, c, _, _] = t.dims();
-                        t.mean_dim(3).mean_dim(2).reshape([n, c])
-                    });
+                    let pooled = x.rows_to_caller(global_avg_pool);
                     let out = controller.forward_pooled(l, pooled, state);
                     state = out.state;
                     aux_logits.extend(out.aux_logits);

@@ -239,6 +239,12 @@ pub struct Controller<B: Backend> {
     pub threshold: f64,
 }
 
+/// Global average pooling: `[batch_size, channels, height, width]` to `[batch_size, channels]`.
+pub fn global_avg_pool<B: Backend>(input: Tensor<B, 4>) -> Tensor<B, 2> {
+    let [batch_size, channels, _, _] = input.dims();
+    input.mean_dim(3).mean_dim(2).reshape([batch_size, channels])
+}
+
 /// The state a controller hands to the next block's controller.
 #[derive(Debug, Clone)]
 pub struct ControllerState<B: Backend> {
@@ -295,9 +301,7 @@ impl<B: Backend> Controller<B> {
         input: Tensor<B, 4>,
         state: ControllerState<B>,
     ) -> ControllerOutput<B> {
-        let [batch_size, channels, _, _] = input.dims();
-        let pooled = input.mean_dim(3).mean_dim(2).reshape([batch_size, channels]); // [B, C_in]
-        self.forward_pooled(block, pooled, state)
+        self.forward_pooled(block, global_avg_pool(input), state)
     }
 
     /// [`Controller::forward`] on the block input already pooled over its spatial dimensions

@@ -197,9 +197,8 @@ impl<B: Backend> MultiPathBlock<B> {
             return relu(out);
         }
         // inference: the same summation as sparse execution with every gate on
-        let affines: Vec<PathAffines<B>> = self.paths.iter().map(Path::inference_affines).collect();
-        let on: Vec<(&Path<B>, &PathAffines<B>)> = self.paths.iter().zip(&affines).collect();
-        relu(self.sum_paths(input, &on))
+        let affines = self.inference_affines(|_| true);
+        relu(self.sum_paths(input, 0..self.num_paths(), &affines))
     }
 
     pub(crate) fn check_gates(&self, input: &Tensor<B, 4>, gates: &Tensor<B, 2>) {
@@ -281,36 +280,34 @@ impl<B: Backend> MultiPathBlock<B> {
             return self.forward_grouped_autodiff(batch, &patterns, gates);
         }
         // batch-norm affines once per path, whatever the number of groups it serves
-        let affines: Vec<Option<PathAffines<B>>> = (0..self.num_paths())
-            .map(|i| patterns.iter().any(|p| p >> i & 1 == 1).then(|| self.paths[i].inference_affines()))
-            .collect();
+        let affines = self.inference_affines(|i| patterns.iter().any(|p| p >> i & 1 == 1));
         batch.map(|g, x| {
-            let on: Vec<(&Path<B>, &PathAffines<B>)> = self
-                .paths
-                .iter()
-                .zip(&affines)
-                .enumerate()
-                .filter(|(i, _)| patterns[g] >> i & 1 == 1)
-                .map(|(_, (path, affine))| (path, affine.as_ref().expect("affines of every path in use")))
-                .collect();
-            relu(self.sum_paths(x, &on))
+            let on = (0..self.num_paths()).filter(|i| patterns[g] >> i & 1 == 1);
+            relu(self.sum_paths(x, on, &affines))
         })
     }
 
-    /// `shortcut(x) + Σ path(x)` over the given paths, summed in the order of
+    /// The inference batch-norm affines of the paths for which `used(i)` holds.
+    fn inference_affines(&self, used: impl Fn(usize) -> bool) -> Vec<Option<PathAffines<B>>> {
+        self.paths.iter().enumerate().map(|(i, path)| used(i).then(|| path.inference_affines())).collect()
+    }
+
+    /// `shortcut(x) + Σ path_i(x)` over the paths `on` (ascending), summed in the order of
     /// [`MultiPathBlock::forward_masked`] (so the two agree bit for bit) while holding as few
     /// block-sized buffers as possible: every sum is formed in place, and the last path takes
     /// the input itself, so the input's buffer is freed as soon as the path's first convolution
     /// has read it.
-    fn sum_paths(&self, x: Tensor<B, 4>, on: &[(&Path<B>, &PathAffines<B>)]) -> Tensor<B, 4> {
+    fn sum_paths(&self, x: Tensor<B, 4>, on: impl Iterator<Item = usize>, affines: &[Option<PathAffines<B>>]) -> Tensor<B, 4> {
+        let mut on = on.peekable();
         let mut x = Some(x);
         // a projection is computed first and takes the sums; the identity is added with the first
         // path (y + x == x + y in floating point)
         let mut acc = self.downsample.is_some().then(|| self.shortcut(x.clone().expect("input")));
-        for (k, (path, affines)) in on.iter().enumerate() {
-            let last = k + 1 == on.len();
+        while let Some(i) = on.next() {
+            let last = on.peek().is_none();
             let input = if last && acc.is_some() { x.take() } else { x.clone() }.expect("input");
-            let y = path.forward_inference(input, affines);
+            let affine = affines[i].as_ref().expect("affines of every path in use");
+            let y = self.paths[i].forward_inference(input, affine);
             acc = Some(match acc {
                 Some(sum) => sum + y,
                 None => y + x.clone().expect("input"),
