@@ -24,6 +24,7 @@
 #![warn(missing_docs)]
 
 mod block;
+pub mod branches;
 mod config;
 mod cost;
 mod network;

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
+use crate::branches::{concurrent_branches, map_branches};
+
 /// Which paths of a block are on for a sample: bit `i` is path `i`.
 pub type PathPattern = u64;
 
@@ -123,15 +125,19 @@ impl<B: Backend> GroupedBatch<B> {
     }
 
     /// Applies a row-wise function to every group (called with the group's index), keeping the
-    /// grouping.
-    pub fn map(self, mut f: impl FnMut(usize, Tensor<B, 4>) -> Tensor<B, 4>) -> Self {
-        let groups = self
-            .groups
-            .into_iter()
-            .enumerate()
-            .map(|(k, g)| SampleGroup { x: f(k, g.x), samples: g.samples })
-            .collect();
+    /// grouping. Groups are processed concurrently where [`concurrent_branches`] says so.
+    pub fn map(self, f: impl Fn(usize, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
+        let concurrent = self.groups.len() > 1 && self.concurrent();
+        let groups = map_branches(self.groups.into_iter().enumerate().collect(), concurrent, |(k, g)| SampleGroup {
+            x: f(k, g.x),
+            samples: g.samples,
+        });
         Self { batch_size: self.batch_size, groups }
+    }
+
+    fn concurrent(&self) -> bool {
+        let elements = self.groups.iter().map(|g| g.x.shape().num_elements()).sum();
+        concurrent_branches::<B>(&self.groups[0].x.device(), elements)
     }
 
     /// Applies a row-wise function with a 2-D result (pooling, a classifier) to every group and
@@ -186,7 +192,7 @@ impl<B: Backend> GroupedBatch<B> {
                 members.entry(patterns[b]).or_default().push(b);
             }
         }
-        let mut groups = Vec::with_capacity(members.len());
+        let mut pieces_of_groups = Vec::with_capacity(members.len());
         let mut group_patterns = Vec::with_capacity(members.len());
         for (pattern, samples) in members {
             // runs of consecutive rows of one current group
@@ -207,9 +213,13 @@ impl<B: Backend> GroupedBatch<B> {
                 });
                 k = end;
             }
-            groups.push(SampleGroup { x: Tensor::cat(pieces, 0), samples });
+            pieces_of_groups.push((pieces, samples));
             group_patterns.push(pattern);
         }
+        let groups = map_branches(pieces_of_groups, self.concurrent(), |(pieces, samples)| SampleGroup {
+            x: Tensor::cat(pieces, 0),
+            samples,
+        });
         (Self { batch_size: self.batch_size, groups }, group_patterns)
     }
 }

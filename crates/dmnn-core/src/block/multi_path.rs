@@ -18,6 +18,8 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Slice, Tensor, TensorData};
 
+use crate::branches::concurrent_for;
+
 use super::grouped::{gate_patterns, GroupedBatch, PathPattern};
 use super::path::{conv, conv_out_size, BlockKind, Path, PathAffines, PathConfig};
 
@@ -156,6 +158,13 @@ impl<B: Backend> Downsample<B> {
     }
 }
 
+/// A branch of a block in inference: the shortcut or a path.
+#[derive(Debug, Clone, Copy)]
+enum Branch {
+    Shortcut,
+    Path(usize),
+}
+
 /// A residual block whose residual branch is split into gated paths.
 #[derive(Module, Debug)]
 pub struct MultiPathBlock<B: Backend> {
@@ -213,7 +222,8 @@ impl<B: Backend> MultiPathBlock<B> {
     }
 
     /// Masked execution: every path runs on the whole batch and is multiplied by its gate.
-    /// Gradients reach every gate; the cost is the full block's.
+    /// Gradients reach every gate; the cost is the full block's. In inference on the CPU the
+    /// branches run concurrently as in [`MultiPathBlock::forward`].
     ///
     /// # Shapes
     /// - `input`: `[batch_size, channels_in, height, width]`
@@ -225,14 +235,14 @@ impl<B: Backend> MultiPathBlock<B> {
     pub fn forward_masked(&self, input: Tensor<B, 4>, gates: Tensor<B, 2>) -> Tensor<B, 4> {
         self.check_gates(&input, &gates);
         let [batch_size, _] = gates.dims();
-        let mut out = self.shortcut(input.clone());
-        for (i, path) in self.paths.iter().enumerate() {
-            let gate = gates
-                .clone()
-                .slice([0..batch_size, i..i + 1])
-                .reshape([batch_size, 1, 1, 1]); // [B, 1, 1, 1]
-            out = out + path.forward(input.clone()) * gate;
-        }
+        let branches: Vec<Branch> = std::iter::once(Branch::Shortcut).chain((0..self.num_paths()).map(Branch::Path)).collect();
+        let out = self.sum_branches(input, &branches, &|branch, x| match branch {
+            Branch::Shortcut => self.shortcut(x),
+            Branch::Path(i) => {
+                let gate = gates.clone().slice([0..batch_size, i..i + 1]).reshape([batch_size, 1, 1, 1]); // [B, 1, 1, 1]
+                self.paths[i].forward(x) * gate
+            }
+        });
         relu(out)
     }
 
@@ -293,27 +303,42 @@ impl<B: Backend> MultiPathBlock<B> {
     }
 
     /// `shortcut(x) + Σ path_i(x)` over the paths `on` (ascending), summed in the order of
-    /// [`MultiPathBlock::forward_masked`] (so the two agree bit for bit) while holding as few
-    /// block-sized buffers as possible: every sum is formed in place, and the last path takes
-    /// the input itself, so the input's buffer is freed as soon as the path's first convolution
-    /// has read it.
+    /// [`MultiPathBlock::forward_masked`] (so the two agree bit for bit), every sum formed in
+    /// place where a buffer allows.
+    ///
+    /// The shortcut and the paths are independent branches. Where [`concurrent_for`] says so,
+    /// the last branch runs concurrently with the sum of the ones before it (recursively), so at
+    /// most one extra branch output is alive at each level and the order of the sum is kept.
     fn sum_paths(&self, x: Tensor<B, 4>, on: impl Iterator<Item = usize>, affines: &[Option<PathAffines<B>>]) -> Tensor<B, 4> {
-        let mut on = on.peekable();
-        let mut x = Some(x);
-        // a projection is computed first and takes the sums; the identity is added with the first
-        // path (y + x == x + y in floating point)
-        let mut acc = self.downsample.is_some().then(|| self.shortcut(x.clone().expect("input")));
-        while let Some(i) = on.next() {
-            let last = on.peek().is_none();
-            let input = if last && acc.is_some() { x.take() } else { x.clone() }.expect("input");
-            let affine = affines[i].as_ref().expect("affines of every path in use");
-            let y = self.paths[i].forward_inference(input, affine);
-            acc = Some(match acc {
-                Some(sum) => sum + y,
-                None => y + x.clone().expect("input"),
-            });
+        let branches: Vec<Branch> = std::iter::once(Branch::Shortcut).chain(on.map(Branch::Path)).collect();
+        self.sum_branches(x, &branches, &|branch, x| match branch {
+            Branch::Shortcut => self.shortcut(x),
+            Branch::Path(i) => self.paths[i].forward_inference(x, affines[i].as_ref().expect("affines of every path in use")),
+        })
+    }
+
+    /// `run(branches[0], x) + run(branches[1], x) + ...` summed left to right, where
+    /// `branches[0]` is the shortcut. Every branch gets its own handle on `x`, so the input's
+    /// buffer is freed as soon as the last branch has read it. Where [`concurrent_for`] says so,
+    /// the last branch runs concurrently with the sum of the ones before it (recursively), so the
+    /// order of the sum is kept and at most one extra branch output is alive per level.
+    fn sum_branches(&self, x: Tensor<B, 4>, branches: &[Branch], run: &(dyn Fn(Branch, Tensor<B, 4>) -> Tensor<B, 4> + Sync)) -> Tensor<B, 4> {
+        let (&last, before) = branches.split_last().expect("the shortcut is a branch");
+        if before.is_empty() {
+            return run(last, x);
         }
-        acc.unwrap_or_else(|| self.shortcut(x.expect("input")))
+        let x_before = x.clone();
+        let (sum, y) = if concurrent_for(&x) {
+            rayon::join(|| self.sum_branches(x_before, before, run), || run(last, x))
+        } else {
+            let sum = self.sum_branches(x_before, before, run);
+            (sum, run(last, x))
+        };
+        if before.len() == 1 && self.downsample.is_none() {
+            y + sum // the identity: add it into the path's own buffer (y + x == x + y)
+        } else {
+            sum + y
+        }
     }
 
     fn forward_grouped_autodiff(&self, batch: GroupedBatch<B>, patterns: &[PathPattern], gates: Tensor<B, 2>) -> GroupedBatch<B> {
@@ -339,8 +364,7 @@ impl<B: Backend> MultiPathBlock<B> {
                 start += rows;
             }
         }
-        let mut sums = sums.into_iter();
-        batch.map(|_, _| relu(sums.next().expect("one sum per group")))
+        batch.map(|g, _| relu(sums[g].clone()))
     }
 }
 
@@ -459,6 +483,26 @@ mod tests {
                 .forward_sparse(x.clone(), g)
                 .into_data()
                 .assert_approx_eq::<f32>(&masked, Tolerance::absolute(1e-4));
+        }
+    }
+
+    /// Inputs large enough for concurrent branches (`crate::branches`) give the sums of the
+    /// paths run one by one, in the same order, to the bit.
+    #[test]
+    fn concurrent_branches_sum_like_one_after_the_other() {
+        let device = Default::default();
+        for c in [
+            MultiPathBlockConfig::split(BlockKind::Basic, 16, 16, 16, 2),
+            MultiPathBlockConfig::new(BlockKind::Bottleneck, 16, 32, 3, 4).with_stride(2),
+        ] {
+            let block = c.init::<B>(&device);
+            let x = Tensor::<B, 4>::random([4, 16, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+            assert!(crate::branches::concurrent_for(&x));
+            let one_by_one = block.paths.iter().fold(block.shortcut(x.clone()), |sum, path| sum + path.forward(x.clone()));
+            block.forward(x.clone()).into_data().assert_eq(&relu(one_by_one).into_data(), true);
+            let g = gates::<B>(&[&[1.0, 0.0, 1.0], &[0.0, 1.0, 1.0], &[1.0, 1.0, 1.0], &[0.0, 0.0, 0.0]]).slice([0..4, 0..c.num_paths]);
+            let masked = block.forward_masked(x.clone(), g.clone()).into_data();
+            block.forward_sparse(x, g).into_data().assert_approx_eq::<f32>(&masked, Tolerance::absolute(1e-5));
         }
     }
 
