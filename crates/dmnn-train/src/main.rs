@@ -31,6 +31,9 @@ fn main() {
         Command::InitFromTorchvision(args) => init_from_torchvision(args),
         Command::Export(args) => export(args),
         Command::Bench(args) => {
+            if args.memory_case.is_none() && !args.pipeline {
+                restart_without_purging();
+            }
             let backend = args.backend.clone();
             dispatch(backend.backend, backend.device, BenchJob(args))
         }
@@ -42,6 +45,25 @@ fn main() {
     if let Err(e) = result {
         eprintln!("error: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// mimalloc's option that delays (in ms) returning freed memory to the system; -1 never does.
+const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
+
+/// Bench timings run with mimalloc's purging off: by default freed memory goes back to the system
+/// after a delay (1 s in this build) and is faulted in again later, so a case's time depended on
+/// what the cases before it allocated (dmnn50 at batch 16, sparse/full at rate 1.0: 1.045 in one
+/// run on the 2-core CPU; with purging off, 0.998, and medians within 4 % of minimums). mimalloc reads its options when the process starts, so
+/// the bench re-executes itself with the variable set, unless the caller set it.
+fn restart_without_purging() {
+    #[cfg(unix)]
+    if std::env::var_os(PURGE_DELAY_VAR).is_none() {
+        use std::os::unix::process::CommandExt;
+        let Ok(exe) = std::env::current_exe() else { return };
+        // `exec` only returns on failure
+        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(PURGE_DELAY_VAR, "-1").exec();
+        eprintln!("warning: could not restart with {PURGE_DELAY_VAR}=-1 ({err}); timing with mimalloc's default purging");
     }
 }
 
