@@ -2,7 +2,8 @@
 //! at random gate rates, plus training throughput and ResNet-50 references.
 //!
 //! Timings run in rounds after warm-up, the device synchronised around each run; in every round
-//! each rate runs `full`, `sparse`, `masked` in turn, and rows report the median and minimum.
+//! each rate runs `full`, `sparse`, `masked` in turn (at least `reps` rounds, more for a fast case
+//! until `min_seconds` are spent), and rows report the median and minimum.
 //! Before timing, the benchmark checks that Sparse and Masked give the same logits (no autodiff,
 //! within 1e-4). Rows (also written as CSV):
 //! `model,image_size,batch,rate,mode,ms_median,ms_min,macs_ratio,efficiency`, where `mode` is
@@ -73,6 +74,9 @@ impl BenchRow {
     }
 }
 
+/// Most timed rounds of one case.
+pub const MAX_ROUNDS: usize = 201;
+
 /// What to measure.
 #[derive(Debug, Clone)]
 pub struct BenchConfig {
@@ -82,6 +86,9 @@ pub struct BenchConfig {
     pub rates: Vec<f64>,
     /// Timed runs per measurement (after warm-up).
     pub reps: usize,
+    /// Timed rounds of a fast case continue until this many seconds have been spent (at most
+    /// [`MAX_ROUNDS`] rounds): a batch-1 case's median then rests on more than `reps` pairs.
+    pub min_seconds: f64,
     /// Warm-up runs.
     pub warmup: usize,
     /// Training-throughput cases: `(preset, image size, batch)`.
@@ -99,6 +106,7 @@ impl BenchConfig {
             cases: vec![("dmnn50".into(), 224, vec![1, 16]), ("dmnn_small".into(), 28, vec![1, 256])],
             rates: vec![0.25, 0.5, 0.75, 1.0],
             reps: 15,
+            min_seconds: 20.0,
             warmup: 1,
             train_cases: vec![("dmnn50".into(), 224, 16), ("resnet50".into(), 224, 16)],
             reference_cases: vec![("resnet50".into(), 224, vec![1, 16])],
@@ -112,6 +120,7 @@ impl BenchConfig {
             cases: vec![("dmnn_small".into(), 28, vec![1, 256])],
             rates: vec![0.25, 0.5, 0.75, 1.0],
             reps: 31,
+            min_seconds: 0.0,
             warmup: 2,
             train_cases: vec![],
             reference_cases: vec![],
@@ -223,11 +232,15 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                     run(case);
                 }
             }
+            // at least `reps` rounds, more for fast cases until `min_seconds` have been spent
             let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
-            for _ in 0..config.reps.max(1) {
+            let start = Instant::now();
+            let mut rounds = 0;
+            while rounds < config.reps.max(1) || (start.elapsed().as_secs_f64() < config.min_seconds && rounds < MAX_ROUNDS) {
                 for (t, case) in times.iter_mut().zip(&cases) {
                     t.push(run(case));
                 }
+                rounds += 1;
             }
             let full: Vec<f64> = (0..cases.len()).step_by(3).flat_map(|k| times[k].iter().copied()).collect();
             let (full_median, full_min) = median_min(full);

@@ -53,7 +53,7 @@ pub struct BenchArgs {
     /// Only the small preset (seconds on a CPU).
     #[arg(long)]
     pub quick: bool,
-    /// Timed runs per measurement.
+    /// Timed rounds per case, exactly (default: at least 15, more for a fast case until 20 s are spent).
     #[arg(long)]
     pub reps: Option<usize>,
     /// Also run scripts/bench_pytorch.py (torchvision resnet50, 2 threads) and print the ratios.

@@ -315,6 +315,7 @@ impl BackendJob for BenchJob {
         let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
         if let Some(r) = args.reps {
             config.reps = r;
+            config.min_seconds = 0.0;
         }
         if let Some(case) = &args.memory_case {
             dmnn_train::bench::run_memory_case::<B::InnerBackend>(case, config.seed, &device)?;
@@ -325,9 +326,9 @@ impl BackendJob for BenchJob {
         let machine = machine_description(name);
         println!("dmnn bench on {machine}");
         println!(
-            "(Sparse checked equal to Masked within 1e-4 before timing; times are medians of {} rounds after warm-up; \
-             efficiency from the median ratio of each sparse run to the full run just before it)",
-            config.reps
+            "(Sparse checked equal to Masked within 1e-4 before timing; times are medians of at least {} rounds after warm-up, \
+             more for a fast case until {} s are spent; efficiency from the median ratio of each sparse run to the full run just before it)",
+            config.reps, config.min_seconds
         );
         println!(
             "{:<12} {:>4} {:>5} {:>5} {:<7} {:>10} {:>10} {:>7} {:>6}",
