@@ -136,8 +136,11 @@ impl<B: Backend> GroupedBatch<B> {
     }
 
     fn concurrent(&self) -> bool {
+        let Some(first) = self.groups.first() else {
+            return false; // an empty batch
+        };
         let elements = self.groups.iter().map(|g| g.x.shape().num_elements()).sum();
-        concurrent_branches::<B>(&self.groups[0].x.device(), elements)
+        concurrent_branches::<B>(&first.x.device(), elements)
     }
 
     /// Applies a row-wise function with a 2-D result (pooling, a classifier) to every group and
