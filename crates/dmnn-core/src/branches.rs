@@ -8,7 +8,9 @@
 //! 1060 to 895 ms, and sparse execution, whose groups are smaller, gained as much or more.
 //!
 //! Only in inference on a CPU backend (Flex or NdArray), and only for inputs large enough to
-//! pay for the hand-off; GPU backends and autodiff run the branches one after the other.
+//! pay for the hand-off and small enough that the extra output in flight is cheap; GPU backends
+//! and autodiff run the branches one after the other. Sparse execution decides by the whole
+//! batch, as the static network does, so a small group does not get what the batch would not.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -18,11 +20,19 @@ use rayon::prelude::*;
 /// threads costs more than it saves (a `dmnn_small` block at batch 1 holds 3136).
 pub const MIN_CONCURRENT_ELEMENTS: usize = 1 << 16;
 
-/// Whether the branches of a block whose input has `elements` elements run concurrently:
-/// inference on a CPU backend and at least [`MIN_CONCURRENT_ELEMENTS`] elements.
+/// Largest input (in elements, 16 MiB of `f32`) whose branches run concurrently. Two branches in
+/// flight keep one more block-sized output alive; above this size that memory is not worth it,
+/// and the ops are large enough to keep both cores busy on their own (dmnn50 at batch 16: its
+/// 56 and 28 px stages run their branches one after the other, the 14 and 7 px stages
+/// concurrently).
+pub const MAX_CONCURRENT_ELEMENTS: usize = 1 << 22;
+
+/// Whether the branches of a block whose input (the whole batch) has `elements` elements run
+/// concurrently: inference on a CPU backend, between [`MIN_CONCURRENT_ELEMENTS`] and
+/// [`MAX_CONCURRENT_ELEMENTS`] elements.
 pub fn concurrent_branches<B: Backend>(device: &B::Device, elements: usize) -> bool {
     let cpu = matches!(B::name(device).as_str(), "flex" | "ndarray");
-    cpu && !B::ad_enabled(device) && elements >= MIN_CONCURRENT_ELEMENTS
+    cpu && !B::ad_enabled(device) && (MIN_CONCURRENT_ELEMENTS..=MAX_CONCURRENT_ELEMENTS).contains(&elements)
 }
 
 /// [`concurrent_branches`] for a block input.
@@ -51,6 +61,7 @@ mod tests {
         let small = Tensor::<Flex, 4>::zeros([1, 16, 14, 14], &device);
         assert!(concurrent_for(&large));
         assert!(!concurrent_for(&small));
+        assert!(!concurrent_branches::<Flex>(&device, MAX_CONCURRENT_ELEMENTS + 1));
         assert!(!concurrent_for(&Tensor::<Autodiff<Flex>, 4>::zeros([4, 16, 32, 32], &device)));
     }
 

@@ -135,7 +135,9 @@ impl<B: Backend> GroupedBatch<B> {
         Self { batch_size: self.batch_size, groups }
     }
 
-    fn concurrent(&self) -> bool {
+    /// Whether branches of a block on this batch run concurrently ([`concurrent_branches`] of
+    /// the whole batch).
+    pub fn concurrent(&self) -> bool {
         let Some(first) = self.groups.first() else {
             return false; // an empty batch
         };

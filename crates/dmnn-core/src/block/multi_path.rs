@@ -207,7 +207,8 @@ impl<B: Backend> MultiPathBlock<B> {
         }
         // inference: the same summation as sparse execution with every gate on
         let affines = self.inference_affines(|_| true);
-        relu(self.sum_paths(input, 0..self.num_paths(), &affines))
+        let concurrent = concurrent_for(&input);
+        relu(self.sum_paths(input, 0..self.num_paths(), &affines, concurrent))
     }
 
     pub(crate) fn check_gates(&self, input: &Tensor<B, 4>, gates: &Tensor<B, 2>) {
@@ -236,13 +237,17 @@ impl<B: Backend> MultiPathBlock<B> {
         self.check_gates(&input, &gates);
         let [batch_size, _] = gates.dims();
         let branches: Vec<Branch> = std::iter::once(Branch::Shortcut).chain((0..self.num_paths()).map(Branch::Path)).collect();
-        let out = self.sum_branches(input, &branches, &|branch, x| match branch {
+        // the straightforward formulation: the block input stays alive until the sum is formed
+        // (sparse execution releases it once its last branch has read it)
+        let concurrent = concurrent_for(&input);
+        let out = self.sum_branches(input.clone(), &branches, concurrent, &|branch, x| match branch {
             Branch::Shortcut => self.shortcut(x),
             Branch::Path(i) => {
                 let gate = gates.clone().slice([0..batch_size, i..i + 1]).reshape([batch_size, 1, 1, 1]); // [B, 1, 1, 1]
                 self.paths[i].forward(x) * gate
             }
         });
+        drop(input);
         relu(out)
     }
 
@@ -291,9 +296,10 @@ impl<B: Backend> MultiPathBlock<B> {
         }
         // batch-norm affines once per path, whatever the number of groups it serves
         let affines = self.inference_affines(|i| patterns.iter().any(|p| p >> i & 1 == 1));
+        let concurrent = batch.concurrent();
         batch.map(|g, x| {
             let on = (0..self.num_paths()).filter(|i| patterns[g] >> i & 1 == 1);
-            relu(self.sum_paths(x, on, &affines))
+            relu(self.sum_paths(x, on, &affines, concurrent))
         })
     }
 
@@ -306,12 +312,11 @@ impl<B: Backend> MultiPathBlock<B> {
     /// [`MultiPathBlock::forward_masked`] (so the two agree bit for bit), every sum formed in
     /// place where a buffer allows.
     ///
-    /// The shortcut and the paths are independent branches. Where [`concurrent_for`] says so,
-    /// the last branch runs concurrently with the sum of the ones before it (recursively), so at
-    /// most one extra branch output is alive at each level and the order of the sum is kept.
-    fn sum_paths(&self, x: Tensor<B, 4>, on: impl Iterator<Item = usize>, affines: &[Option<PathAffines<B>>]) -> Tensor<B, 4> {
+    /// The shortcut and the paths are independent branches, run concurrently with `concurrent`
+    /// ([`MultiPathBlock::sum_branches`]).
+    fn sum_paths(&self, x: Tensor<B, 4>, on: impl Iterator<Item = usize>, affines: &[Option<PathAffines<B>>], concurrent: bool) -> Tensor<B, 4> {
         let branches: Vec<Branch> = std::iter::once(Branch::Shortcut).chain(on.map(Branch::Path)).collect();
-        self.sum_branches(x, &branches, &|branch, x| match branch {
+        self.sum_branches(x, &branches, concurrent, &|branch, x| match branch {
             Branch::Shortcut => self.shortcut(x),
             Branch::Path(i) => self.paths[i].forward_inference(x, affines[i].as_ref().expect("affines of every path in use")),
         })
@@ -319,19 +324,19 @@ impl<B: Backend> MultiPathBlock<B> {
 
     /// `run(branches[0], x) + run(branches[1], x) + ...` summed left to right, where
     /// `branches[0]` is the shortcut. Every branch gets its own handle on `x`, so the input's
-    /// buffer is freed as soon as the last branch has read it. Where [`concurrent_for`] says so,
-    /// the last branch runs concurrently with the sum of the ones before it (recursively), so the
+    /// buffer is freed as soon as the last branch has read it. With `concurrent` (see
+    /// [`crate::branches`]) the last branch runs concurrently with the sum of the ones before it (recursively), so the
     /// order of the sum is kept and at most one extra branch output is alive per level.
-    fn sum_branches(&self, x: Tensor<B, 4>, branches: &[Branch], run: &(dyn Fn(Branch, Tensor<B, 4>) -> Tensor<B, 4> + Sync)) -> Tensor<B, 4> {
+    fn sum_branches(&self, x: Tensor<B, 4>, branches: &[Branch], concurrent: bool, run: &(dyn Fn(Branch, Tensor<B, 4>) -> Tensor<B, 4> + Sync)) -> Tensor<B, 4> {
         let (&last, before) = branches.split_last().expect("the shortcut is a branch");
         if before.is_empty() {
             return run(last, x);
         }
         let x_before = x.clone();
-        let (sum, y) = if concurrent_for(&x) {
-            rayon::join(|| self.sum_branches(x_before, before, run), || run(last, x))
+        let (sum, y) = if concurrent {
+            rayon::join(|| self.sum_branches(x_before, before, concurrent, run), || run(last, x))
         } else {
-            let sum = self.sum_branches(x_before, before, run);
+            let sum = self.sum_branches(x_before, before, concurrent, run);
             (sum, run(last, x))
         };
         if before.len() == 1 && self.downsample.is_none() {
