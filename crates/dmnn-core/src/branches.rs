@@ -4,8 +4,9 @@
 //! independent computations. Burn Flex parallelises inside each operation, and on small tensors
 //! that leaves cores idle (allocation, layout changes and the tails of tiled loops run on one
 //! thread). Handing the branches to rayon as separate tasks fills them: on the 2-core CPU a
-//! static `dmnn_small` forward at batch 256 went from 60 to 51 ms and `dmnn50` at batch 16 from
-//! 1060 to 895 ms, and sparse execution, whose groups are smaller, gained as much or more.
+//! static `dmnn_small` forward at batch 256 went from 62 to 52 ms and `dmnn50` at batch 1 from
+//! 67 to 53 ms (benchmark medians), and sparse execution, whose groups are smaller, gained as
+//! much or more.
 //!
 //! Only in inference on a CPU backend (Flex or NdArray), and only for inputs large enough to
 //! pay for the hand-off and small enough that the extra output in flight is cheap; GPU backends
