@@ -84,7 +84,7 @@ pub struct BenchConfig {
     pub cases: Vec<(String, usize, Vec<usize>)>,
     /// Gate rates.
     pub rates: Vec<f64>,
-    /// Timed runs per measurement (after warm-up).
+    /// Timed rounds per case, at least (after warm-up); see `min_seconds`.
     pub reps: usize,
     /// Timed rounds of a fast case continue until this many seconds have been spent (at most
     /// [`MAX_ROUNDS`] rounds): a batch-1 case's median then rests on more than `reps` pairs.

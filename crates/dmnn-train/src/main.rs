@@ -54,8 +54,9 @@ const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
 /// Bench timings run with mimalloc's purging off: by default freed memory goes back to the system
 /// after a delay (1 s in this build) and is faulted in again later, so a case's time depended on
 /// what the cases before it allocated (dmnn50 at batch 16, sparse/full at rate 1.0: 1.045 in one
-/// run on the 2-core CPU; with purging off, 0.998, and medians within 4 % of minimums). mimalloc reads its options when the process starts, so
-/// the bench re-executes itself with the variable set, unless the caller set it.
+/// run on the 2-core CPU; with purging off, 0.998, and medians within 4 % of minimums).
+/// mimalloc reads its options when the process starts, so the bench re-executes itself with the
+/// variable set, unless the caller set it.
 fn restart_without_purging() {
     #[cfg(unix)]
     if std::env::var_os(PURGE_DELAY_VAR).is_none() {

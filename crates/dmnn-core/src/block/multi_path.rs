@@ -165,6 +165,13 @@ enum Branch {
     Path(usize),
 }
 
+impl Branch {
+    /// The shortcut, then the given paths: the order of every block sum.
+    fn shortcut_and(paths: impl Iterator<Item = usize>) -> Vec<Self> {
+        std::iter::once(Self::Shortcut).chain(paths.map(Self::Path)).collect()
+    }
+}
+
 /// A residual block whose residual branch is split into gated paths.
 #[derive(Module, Debug)]
 pub struct MultiPathBlock<B: Backend> {
@@ -236,7 +243,7 @@ impl<B: Backend> MultiPathBlock<B> {
     pub fn forward_masked(&self, input: Tensor<B, 4>, gates: Tensor<B, 2>) -> Tensor<B, 4> {
         self.check_gates(&input, &gates);
         let [batch_size, _] = gates.dims();
-        let branches: Vec<Branch> = std::iter::once(Branch::Shortcut).chain((0..self.num_paths()).map(Branch::Path)).collect();
+        let branches = Branch::shortcut_and(0..self.num_paths());
         // the straightforward formulation: the block input stays alive until the sum is formed
         // (sparse execution releases it once its last branch has read it)
         let concurrent = concurrent_for(&input);
@@ -315,7 +322,7 @@ impl<B: Backend> MultiPathBlock<B> {
     /// The shortcut and the paths are independent branches, run concurrently with `concurrent`
     /// ([`MultiPathBlock::sum_branches`]).
     fn sum_paths(&self, x: Tensor<B, 4>, on: impl Iterator<Item = usize>, affines: &[Option<PathAffines<B>>], concurrent: bool) -> Tensor<B, 4> {
-        let branches: Vec<Branch> = std::iter::once(Branch::Shortcut).chain(on.map(Branch::Path)).collect();
+        let branches = Branch::shortcut_and(on);
         self.sum_branches(x, &branches, concurrent, &|branch, x| match branch {
             Branch::Shortcut => self.shortcut(x),
             Branch::Path(i) => self.paths[i].forward_inference(x, affines[i].as_ref().expect("affines of every path in use")),
@@ -325,8 +332,9 @@ impl<B: Backend> MultiPathBlock<B> {
     /// `run(branches[0], x) + run(branches[1], x) + ...` summed left to right, where
     /// `branches[0]` is the shortcut. Every branch gets its own handle on `x`, so the input's
     /// buffer is freed as soon as the last branch has read it. With `concurrent` (see
-    /// [`crate::branches`]) the last branch runs concurrently with the sum of the ones before it (recursively), so the
-    /// order of the sum is kept and at most one extra branch output is alive per level.
+    /// [`crate::branches`]) the last branch runs concurrently with the sum of the ones before it
+    /// (recursively), so the order of the sum is kept and at most one extra branch output is
+    /// alive per level.
     fn sum_branches(&self, x: Tensor<B, 4>, branches: &[Branch], concurrent: bool, run: &(dyn Fn(Branch, Tensor<B, 4>) -> Tensor<B, 4> + Sync)) -> Tensor<B, 4> {
         let (&last, before) = branches.split_last().expect("the shortcut is a branch");
         if before.is_empty() {
