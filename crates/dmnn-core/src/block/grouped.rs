@@ -177,6 +177,25 @@ impl<B: Backend> GroupedBatch<B> {
     /// # Panics
     /// If `patterns` does not have one entry per sample.
     pub fn regroup(self, patterns: &[PathPattern]) -> (Self, Vec<PathPattern>) {
+        let plan = self.plan_regroup(patterns);
+        let group_patterns = plan.iter().map(|g| g.pattern).collect();
+        (self.gather(plan, |_, x| x), group_patterns)
+    }
+
+    /// [`GroupedBatch::regroup`] followed by [`GroupedBatch::map`] with the group's pattern, in
+    /// one pass: each group's function runs as soon as that group's rows are gathered, so
+    /// gathering one group overlaps with the work on the others (where [`concurrent_branches`]
+    /// says so) and no group waits for the whole batch to be regrouped.
+    ///
+    /// # Panics
+    /// If `patterns` does not have one entry per sample.
+    pub fn regroup_map(self, patterns: &[PathPattern], f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
+        let plan = self.plan_regroup(patterns);
+        self.gather(plan, f)
+    }
+
+    /// Where the rows of every new group come from.
+    fn plan_regroup(&self, patterns: &[PathPattern]) -> Vec<GroupPlan> {
         assert_eq!(
             patterns.len(),
             self.batch_size,
@@ -197,36 +216,60 @@ impl<B: Backend> GroupedBatch<B> {
                 members.entry(patterns[b]).or_default().push(b);
             }
         }
-        let mut pieces_of_groups = Vec::with_capacity(members.len());
-        let mut group_patterns = Vec::with_capacity(members.len());
-        for (pattern, samples) in members {
-            // runs of consecutive rows of one current group
-            let mut pieces = Vec::new();
-            let mut k = 0;
-            while k < samples.len() {
-                let (g, start) = location[samples[k]];
-                let mut end = k + 1;
-                while end < samples.len() && location[samples[end]] == (g, start + end - k) {
-                    end += 1;
+        members
+            .into_iter()
+            .map(|(pattern, samples)| {
+                // runs of consecutive rows of one current group
+                let mut runs = Vec::new();
+                let mut k = 0;
+                while k < samples.len() {
+                    let (g, start) = location[samples[k]];
+                    let mut end = k + 1;
+                    while end < samples.len() && location[samples[end]] == (g, start + end - k) {
+                        end += 1;
+                    }
+                    runs.push((g, start..start + end - k));
+                    k = end;
                 }
-                let rows = end - k;
-                let source = &self.groups[g].x;
-                pieces.push(if rows == self.groups[g].samples.len() {
-                    source.clone()
-                } else {
-                    source.clone().slice([start..start + rows])
+                GroupPlan { pattern, runs, samples }
+            })
+            .collect()
+    }
+
+    /// Gathers the new groups of `plan` (one `cat` each) and applies `f` to each. A current
+    /// group's buffer is released as soon as every new group drawing on it has been gathered.
+    fn gather(self, plan: Vec<GroupPlan>, f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
+        let concurrent = self.concurrent();
+        let pieces: Vec<_> = plan
+            .into_iter()
+            .map(|group| {
+                let rows = group.runs.into_iter().map(|(g, rows)| {
+                    let source = &self.groups[g];
+                    if rows.len() == source.samples.len() {
+                        source.x.clone()
+                    } else {
+                        source.x.clone().slice([rows])
+                    }
                 });
-                k = end;
-            }
-            pieces_of_groups.push((pieces, samples));
-            group_patterns.push(pattern);
-        }
-        let groups = map_branches(pieces_of_groups, self.concurrent(), |(pieces, samples)| SampleGroup {
-            x: Tensor::cat(pieces, 0),
+                (group.pattern, rows.collect::<Vec<_>>(), group.samples)
+            })
+            .collect();
+        let batch_size = self.batch_size;
+        drop(self);
+        let groups = map_branches(pieces, concurrent, |(pattern, rows, samples)| SampleGroup {
+            x: f(pattern, Tensor::cat(rows, 0)),
             samples,
         });
-        (Self { batch_size: self.batch_size, groups }, group_patterns)
+        Self { batch_size, groups }
     }
+}
+
+/// One group of a regrouping: its pattern, its rows as runs `(current group, rows)`, and its
+/// samples.
+struct GroupPlan {
+    pattern: PathPattern,
+    runs: Vec<(usize, std::ops::Range<usize>)>,
+    samples: Vec<usize>,
 }
 
 #[cfg(test)]
@@ -275,6 +318,16 @@ mod tests {
             t.reshape([n, 8]).slice([0..n, 0..1])
         });
         pooled.into_data().assert_eq(&TensorData::new(vec![0f32, 1.0, 2.0, 3.0, 4.0], [5, 1]), true);
+    }
+
+    #[test]
+    fn regroup_map_applies_each_group_its_pattern() {
+        let x = batch(5);
+        // first values 0..5; every group adds its pattern
+        let mapped = GroupedBatch::new(x).regroup_map(&[3, 0, 1, 3, 1], |pattern, t| t.add_scalar(pattern as f32));
+        let samples: Vec<Vec<usize>> = mapped.groups().iter().map(|g| g.samples.clone()).collect();
+        assert_eq!(samples, vec![vec![1], vec![2, 4], vec![0, 3]]);
+        assert_eq!(first_values(&mapped.into_tensor()), vec![3.0, 1.0, 3.0, 6.0, 5.0]);
     }
 
     #[test]

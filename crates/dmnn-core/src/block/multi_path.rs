@@ -275,8 +275,8 @@ impl<B: Backend> MultiPathBlock<B> {
     }
 
     /// Sparse execution on a grouped batch: reads the gates back once (one device sync), regroups
-    /// the samples by gate pattern ([`GroupedBatch::regroup`]) and runs every group's paths on
-    /// the group's own tensor; the sum `shortcut + path_0 + path_1 + ...` is formed in place in
+    /// the samples by gate pattern and runs every group's paths on the group's own tensor as soon
+    /// as it is gathered ([`GroupedBatch::regroup_map`]); the sum `shortcut + path_0 + path_1 + ...` is formed in place in
     /// the order of [`MultiPathBlock::forward_masked`], so the two agree to rounding.
     ///
     /// With autodiff each path instead runs once on all the samples it serves (so its batch norms
@@ -296,16 +296,16 @@ impl<B: Backend> MultiPathBlock<B> {
             batch.batch_size(),
             self.num_paths()
         );
-        let (batch, patterns) = batch.regroup(&gate_patterns(&gates));
-        let device = gates.device();
-        if B::ad_enabled(&device) {
+        let patterns = gate_patterns(&gates);
+        if B::ad_enabled(&gates.device()) {
+            let (batch, patterns) = batch.regroup(&patterns);
             return self.forward_grouped_autodiff(batch, &patterns, gates);
         }
         // batch-norm affines once per path, whatever the number of groups it serves
         let affines = self.inference_affines(|i| patterns.iter().any(|p| p >> i & 1 == 1));
         let concurrent = batch.concurrent();
-        batch.map(|g, x| {
-            let on = (0..self.num_paths()).filter(|i| patterns[g] >> i & 1 == 1);
+        batch.regroup_map(&patterns, |pattern, x| {
+            let on = (0..self.num_paths()).filter(|i| pattern >> i & 1 == 1);
             relu(self.sum_paths(x, on, &affines, concurrent))
         })
     }
