@@ -8,37 +8,33 @@
 //! 67 to 53 ms (benchmark medians), and sparse execution, whose groups are smaller, gained as
 //! much or more.
 //!
-//! Only in inference on a CPU backend (Flex or NdArray), and only for inputs large enough to
-//! pay for the hand-off and small enough that the extra output in flight is cheap; GPU backends
-//! and autodiff run the branches one after the other. Sparse execution decides by the whole
-//! batch, as the static network does, so a small group does not get what the batch would not.
+//! Only in inference on a CPU backend (Flex or NdArray), and only for blocks large enough to
+//! pay for the hand-off and small enough that the extra outputs in flight are cheap; GPU
+//! backends and autodiff run the branches one after the other. A block decides by the larger of
+//! its input and output over the whole batch, the same in every execution mode, so a small
+//! sample group does not get what the batch would not.
 
 use burn::tensor::backend::Backend;
-use burn::tensor::Tensor;
 use rayon::prelude::*;
 
-/// Smallest input (in elements) whose branches run concurrently: below it the hand-off between
-/// threads costs more than it saves (a `dmnn_small` block at batch 1 holds 3136).
+/// Smallest block activation (in elements) whose branches run concurrently: below it the
+/// hand-off between threads costs more than it saves (a `dmnn_small` block at batch 1 holds
+/// 3136).
 pub const MIN_CONCURRENT_ELEMENTS: usize = 1 << 16;
 
-/// Largest input (in elements, 16 MiB of `f32`) whose branches run concurrently. Two branches in
-/// flight keep one more block-sized output alive; above this size that memory is not worth it,
-/// and the ops are large enough to keep both cores busy on their own (dmnn50 at batch 16: its
-/// 56 and 28 px stages run their branches one after the other, the 14 and 7 px stages
-/// concurrently).
+/// Largest block activation (in elements, 16 MiB of `f32`) whose branches run concurrently.
+/// Branches in flight keep up to one more block-sized output alive each; above this size that
+/// memory is not worth it, and the ops are large enough to keep both cores busy on their own
+/// (dmnn50 at batch 16: its 56 and 28 px stages run their branches one after the other, the 14
+/// and 7 px stages concurrently).
 pub const MAX_CONCURRENT_ELEMENTS: usize = 1 << 22;
 
-/// Whether the branches of a block whose input (the whole batch) has `elements` elements run
-/// concurrently: inference on a CPU backend, between [`MIN_CONCURRENT_ELEMENTS`] and
-/// [`MAX_CONCURRENT_ELEMENTS`] elements.
+/// Whether the branches of a block whose larger activation (input or output, whole batch) has
+/// `elements` elements run concurrently: inference on a CPU backend, between
+/// [`MIN_CONCURRENT_ELEMENTS`] and [`MAX_CONCURRENT_ELEMENTS`] elements.
 pub fn concurrent_branches<B: Backend>(device: &B::Device, elements: usize) -> bool {
     let cpu = matches!(B::name(device).as_str(), "flex" | "ndarray");
     cpu && !B::ad_enabled(device) && (MIN_CONCURRENT_ELEMENTS..=MAX_CONCURRENT_ELEMENTS).contains(&elements)
-}
-
-/// [`concurrent_branches`] for a block input.
-pub fn concurrent_for<B: Backend, const D: usize>(input: &Tensor<B, D>) -> bool {
-    concurrent_branches::<B>(&input.device(), input.shape().num_elements())
 }
 
 /// `items.map(f)`, concurrently when `concurrent`, results in the order of `items`.
@@ -56,14 +52,12 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
 
     #[test]
-    fn only_large_inputs_in_cpu_inference_run_concurrently() {
+    fn only_mid_sized_blocks_in_cpu_inference_run_concurrently() {
         let device = Default::default();
-        let large = Tensor::<Flex, 4>::zeros([4, 16, 32, 32], &device);
-        let small = Tensor::<Flex, 4>::zeros([1, 16, 14, 14], &device);
-        assert!(concurrent_for(&large));
-        assert!(!concurrent_for(&small));
+        assert!(concurrent_branches::<Flex>(&device, 4 * 16 * 32 * 32));
+        assert!(!concurrent_branches::<Flex>(&device, 16 * 14 * 14));
         assert!(!concurrent_branches::<Flex>(&device, MAX_CONCURRENT_ELEMENTS + 1));
-        assert!(!concurrent_for(&Tensor::<Autodiff<Flex>, 4>::zeros([4, 16, 32, 32], &device)));
+        assert!(!concurrent_branches::<Autodiff<Flex>>(&device, 4 * 16 * 32 * 32));
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::branches::{concurrent_branches, map_branches};
+use crate::branches::map_branches;
 
 /// Which paths of a block are on for a sample: bit `i` is path `i`.
 pub type PathPattern = u64;
@@ -125,24 +125,24 @@ impl<B: Backend> GroupedBatch<B> {
     }
 
     /// Applies a row-wise function to every group (called with the group's index), keeping the
-    /// grouping. Groups are processed concurrently where [`concurrent_branches`] says so.
-    pub fn map(self, f: impl Fn(usize, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
-        let concurrent = self.groups.len() > 1 && self.concurrent();
-        let groups = map_branches(self.groups.into_iter().enumerate().collect(), concurrent, |(k, g)| SampleGroup {
-            x: f(k, g.x),
-            samples: g.samples,
-        });
+    /// grouping.
+    pub fn map(self, mut f: impl FnMut(usize, Tensor<B, 4>) -> Tensor<B, 4>) -> Self {
+        let groups = self
+            .groups
+            .into_iter()
+            .enumerate()
+            .map(|(k, g)| SampleGroup { x: f(k, g.x), samples: g.samples })
+            .collect();
         Self { batch_size: self.batch_size, groups }
     }
 
-    /// Whether branches of a block on this batch run concurrently ([`concurrent_branches`] of
-    /// the whole batch).
-    pub fn concurrent(&self) -> bool {
-        let Some(first) = self.groups.first() else {
-            return false; // an empty batch
-        };
-        let elements = self.groups.iter().map(|g| g.x.shape().num_elements()).sum();
-        concurrent_branches::<B>(&first.x.device(), elements)
+    /// The shape of the batch as one tensor, `[batch_size, channels, height, width]` (all zeros
+    /// for a batch without groups).
+    pub fn dims(&self) -> [usize; 4] {
+        self.groups.first().map_or([0; 4], |g| {
+            let [_, channels, height, width] = g.x.dims();
+            [self.batch_size, channels, height, width]
+        })
     }
 
     /// Applies a row-wise function with a 2-D result (pooling, a classifier) to every group and
@@ -179,19 +179,25 @@ impl<B: Backend> GroupedBatch<B> {
     pub fn regroup(self, patterns: &[PathPattern]) -> (Self, Vec<PathPattern>) {
         let plan = self.plan_regroup(patterns);
         let group_patterns = plan.iter().map(|g| g.pattern).collect();
-        (self.gather(plan, |_, x| x), group_patterns)
+        (self.gather(plan, false, |_, x| x), group_patterns)
     }
 
     /// [`GroupedBatch::regroup`] followed by [`GroupedBatch::map`] with the group's pattern, in
-    /// one pass: each group's function runs as soon as that group's rows are gathered, so
-    /// gathering one group overlaps with the work on the others (where [`concurrent_branches`]
-    /// says so) and no group waits for the whole batch to be regrouped.
+    /// one pass: each group's function runs as soon as that group's rows are gathered. With
+    /// `concurrent` (see [`crate::branches`]) the groups are concurrent tasks, so gathering one
+    /// group overlaps with the work on the others and no group waits for the whole batch to be
+    /// regrouped.
     ///
     /// # Panics
     /// If `patterns` does not have one entry per sample.
-    pub fn regroup_map(self, patterns: &[PathPattern], f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
+    pub fn regroup_map(
+        self,
+        patterns: &[PathPattern],
+        concurrent: bool,
+        f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send,
+    ) -> Self {
         let plan = self.plan_regroup(patterns);
-        self.gather(plan, f)
+        self.gather(plan, concurrent, f)
     }
 
     /// Where the rows of every new group come from.
@@ -238,8 +244,7 @@ impl<B: Backend> GroupedBatch<B> {
 
     /// Gathers the new groups of `plan` (one `cat` each) and applies `f` to each. A current
     /// group's buffer is released as soon as every new group drawing on it has been gathered.
-    fn gather(self, plan: Vec<GroupPlan>, f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
-        let concurrent = self.concurrent();
+    fn gather(self, plan: Vec<GroupPlan>, concurrent: bool, f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
         let pieces: Vec<_> = plan
             .into_iter()
             .map(|group| {
@@ -324,7 +329,7 @@ mod tests {
     fn regroup_map_applies_each_group_its_pattern() {
         let x = batch(5);
         // first values 0..5; every group adds its pattern
-        let mapped = GroupedBatch::new(x).regroup_map(&[3, 0, 1, 3, 1], |pattern, t| t.add_scalar(pattern as f32));
+        let mapped = GroupedBatch::new(x).regroup_map(&[3, 0, 1, 3, 1], true, |pattern, t| t.add_scalar(pattern as f32));
         let samples: Vec<Vec<usize>> = mapped.groups().iter().map(|g| g.samples.clone()).collect();
         assert_eq!(samples, vec![vec![1], vec![2, 4], vec![0, 3]]);
         assert_eq!(first_values(&mapped.into_tensor()), vec![3.0, 1.0, 3.0, 6.0, 5.0]);

@@ -18,7 +18,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Slice, Tensor, TensorData};
 
-use crate::branches::concurrent_for;
+use crate::branches::concurrent_branches;
 
 use super::grouped::{gate_patterns, GroupedBatch, PathPattern};
 use super::path::{conv, conv_out_size, BlockKind, Path, PathAffines, PathConfig};
@@ -199,6 +199,16 @@ impl<B: Backend> MultiPathBlock<B> {
         }
     }
 
+    /// Whether the block's branches run concurrently on a whole batch of shape `input_dims`:
+    /// [`concurrent_branches`] of the block's larger activation, input or output (branch
+    /// outputs are what concurrent branches keep in flight).
+    fn concurrent(&self, input_dims: [usize; 4], device: &B::Device) -> bool {
+        let [batch_size, channels, height, width] = input_dims;
+        let [out_channels, out_height, out_width] = self.paths[0].output_shape(height, width);
+        let largest = (channels * height * width).max(out_channels * out_height * out_width);
+        concurrent_branches::<B>(device, batch_size * largest)
+    }
+
     /// The block with every path on (a static residual block).
     ///
     /// # Shapes
@@ -214,7 +224,7 @@ impl<B: Backend> MultiPathBlock<B> {
         }
         // inference: the same summation as sparse execution with every gate on
         let affines = self.inference_affines(|_| true);
-        let concurrent = concurrent_for(&input);
+        let concurrent = self.concurrent(input.dims(), &input.device());
         relu(self.sum_paths(input, 0..self.num_paths(), &affines, concurrent))
     }
 
@@ -246,7 +256,7 @@ impl<B: Backend> MultiPathBlock<B> {
         let branches = Branch::shortcut_and(0..self.num_paths());
         // the straightforward formulation: the block input stays alive until the sum is formed
         // (sparse execution releases it once its last branch has read it)
-        let concurrent = concurrent_for(&input);
+        let concurrent = self.concurrent(input.dims(), &input.device());
         let out = self.sum_branches(input.clone(), &branches, concurrent, &|branch, x| match branch {
             Branch::Shortcut => self.shortcut(x),
             Branch::Path(i) => {
@@ -303,8 +313,8 @@ impl<B: Backend> MultiPathBlock<B> {
         }
         // batch-norm affines once per path, whatever the number of groups it serves
         let affines = self.inference_affines(|i| patterns.iter().any(|p| p >> i & 1 == 1));
-        let concurrent = batch.concurrent();
-        batch.regroup_map(&patterns, |pattern, x| {
+        let concurrent = self.concurrent(batch.dims(), &gates.device());
+        batch.regroup_map(&patterns, concurrent, |pattern, x| {
             let on = (0..self.num_paths()).filter(|i| pattern >> i & 1 == 1);
             relu(self.sum_paths(x, on, &affines, concurrent))
         })
@@ -510,7 +520,7 @@ mod tests {
         ] {
             let block = c.init::<B>(&device);
             let x = Tensor::<B, 4>::random([4, 16, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-            assert!(crate::branches::concurrent_for(&x));
+            assert!(block.concurrent(x.dims(), &device));
             let one_by_one = block.paths.iter().fold(block.shortcut(x.clone()), |sum, path| sum + path.forward(x.clone()));
             block.forward(x.clone()).into_data().assert_eq(&relu(one_by_one).into_data(), true);
             let g = gates::<B>(&[&[1.0, 0.0, 1.0], &[0.0, 1.0, 1.0], &[1.0, 1.0, 1.0], &[0.0, 0.0, 0.0]]).slice([0..4, 0..c.num_paths]);

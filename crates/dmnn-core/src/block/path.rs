@@ -172,6 +172,17 @@ impl<B: Backend> Path<B> {
         }
     }
 
+    /// Shape `[channels, height, width]` of the path's output for an input of `height x width`
+    /// (every convolution of a path pads its kernel to "same", so only the stride shrinks it).
+    pub fn output_shape(&self, height: usize, width: usize) -> [usize; 3] {
+        let convs = [Some(&self.conv1), Some(&self.conv2), self.conv3.as_ref()];
+        let last = self.conv3.as_ref().unwrap_or(&self.conv2);
+        let channels = last.weight.lazy_shape()[0];
+        convs.into_iter().flatten().fold([channels, height, width], |[c, h, w], conv| {
+            [c, h.div_ceil(conv.stride[0]), w.div_ceil(conv.stride[1])]
+        })
+    }
+
     /// The batch-norm affines of inference.
     pub fn inference_affines(&self) -> PathAffines<B> {
         let norms = [Some(&self.bn1), Some(&self.bn2), self.bn3.as_ref()];
@@ -198,6 +209,26 @@ impl<B: Backend> Path<B> {
         match (&self.conv3, &self.bn3) {
             (Some(conv3), Some(bn3)) => norm(bn3, 2, conv3.forward(relu(x))),
             _ => x,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn output_shape_is_the_shape_of_the_output() {
+        let device = Default::default();
+        for kind in [BlockKind::Basic, BlockKind::Bottleneck] {
+            for stride in [1, 2] {
+                let path = PathConfig::new(kind, 3, 2, 5).with_stride(stride).init::<Flex>(&device);
+                for [h, w] in [[6, 6], [7, 5]] {
+                    let [_, c, ho, wo] = path.forward(Tensor::zeros([1, 3, h, w], &device)).dims();
+                    assert_eq!(path.output_shape(h, w), [c, ho, wo], "{kind:?}, stride {stride}, {h}x{w}");
+                }
+            }
         }
     }
 }
