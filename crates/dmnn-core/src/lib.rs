@@ -27,6 +27,7 @@ mod block;
 pub mod branches;
 mod config;
 mod cost;
+pub mod im2col;
 mod network;
 mod norm;
 pub mod pool;

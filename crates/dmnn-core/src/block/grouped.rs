@@ -261,6 +261,7 @@ impl<B: Backend> GroupedBatch<B> {
             .collect();
         let batch_size = self.batch_size;
         drop(self);
+        let concurrent = concurrent && pieces.len() > 1; // one group stays on this thread
         let groups = map_branches(pieces, concurrent, |(pattern, rows, samples)| SampleGroup {
             x: f(pattern, Tensor::cat(rows, 0)),
             samples,

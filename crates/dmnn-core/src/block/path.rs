@@ -6,6 +6,7 @@ use burn::module::{Initializer, Module};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::PaddingConfig2d;
 
+use crate::im2col::{conv2d_im2col, im2col_applies};
 use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
@@ -166,7 +167,7 @@ impl<B: Backend> Path<B> {
     /// - output: `[batch_size, channels_out, height / stride, width / stride]`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
         if B::ad_enabled(&input.device()) {
-            self.forward_normed(input, |bn, _, x| bn.forward(x))
+            self.forward_normed(input, Conv2d::forward, |bn, _, x| bn.forward(x))
         } else {
             self.forward_inference(input, &self.inference_affines())
         }
@@ -189,25 +190,35 @@ impl<B: Backend> Path<B> {
         PathAffines(norms.into_iter().flatten().map(BatchNorm2d::inference_affine).collect())
     }
 
-    /// [`Path::forward`] in inference with precomputed batch-norm affines.
+    /// [`Path::forward`] in inference with precomputed batch-norm affines. A spatial
+    /// convolution of one image runs as one matrix product on Flex ([`crate::im2col`]).
     ///
     /// # Shapes
     /// - `input`: `[batch_size, channels_in, height, width]`
     /// - output: `[batch_size, channels_out, height / stride, width / stride]`
     pub fn forward_inference(&self, input: Tensor<B, 4>, affines: &PathAffines<B>) -> Tensor<B, 4> {
-        self.forward_normed(input, |_, k, x| BatchNorm2d::apply_affine(x, &affines.0[k]))
+        let conv = |conv: &Conv2d<B>, x: Tensor<B, 4>| {
+            if im2col_applies(conv, x.dims(), &x.device()) {
+                conv2d_im2col(conv, x)
+            } else {
+                conv.forward(x)
+            }
+        };
+        self.forward_normed(input, conv, |_, k, x| BatchNorm2d::apply_affine(x, &affines.0[k]))
     }
 
-    /// The branch with `norm(bn, k, x)` as its `k`-th batch norm.
+    /// The branch with `conv(c, x)` as every convolution and `norm(bn, k, x)` as its `k`-th batch
+    /// norm.
     fn forward_normed(
         &self,
         input: Tensor<B, 4>,
+        conv: impl Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>,
         mut norm: impl FnMut(&BatchNorm2d<B>, usize, Tensor<B, 4>) -> Tensor<B, 4>,
     ) -> Tensor<B, 4> {
-        let x = relu(norm(&self.bn1, 0, self.conv1.forward(input)));
-        let x = norm(&self.bn2, 1, self.conv2.forward(x));
+        let x = relu(norm(&self.bn1, 0, conv(&self.conv1, input)));
+        let x = norm(&self.bn2, 1, conv(&self.conv2, x));
         match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => norm(bn3, 2, conv3.forward(relu(x))),
+            (Some(conv3), Some(bn3)) => norm(bn3, 2, conv(conv3, relu(x))),
             _ => x,
         }
     }
