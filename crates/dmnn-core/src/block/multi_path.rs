@@ -172,6 +172,17 @@ impl Branch {
     }
 }
 
+/// What a block decides once from the whole batch in inference, the same in every execution
+/// mode, so that a sample group of sparse execution computes exactly what the batch would.
+#[derive(Debug, Clone, Copy)]
+struct BatchPlan {
+    /// The branches run concurrently ([`concurrent_branches`] of the block's larger activation,
+    /// input or output: branch outputs are what concurrent branches keep in flight).
+    concurrent: bool,
+    /// The batch is one image ([`Path::forward_inference`]).
+    one_image: bool,
+}
+
 /// A residual block whose residual branch is split into gated paths.
 #[derive(Module, Debug)]
 pub struct MultiPathBlock<B: Backend> {
@@ -199,14 +210,15 @@ impl<B: Backend> MultiPathBlock<B> {
         }
     }
 
-    /// Whether the block's branches run concurrently on a whole batch of shape `input_dims`:
-    /// [`concurrent_branches`] of the block's larger activation, input or output (branch
-    /// outputs are what concurrent branches keep in flight).
-    fn concurrent(&self, input_dims: [usize; 4], device: &B::Device) -> bool {
+    /// How the block runs in inference on a whole batch of shape `input_dims`.
+    fn plan(&self, input_dims: [usize; 4], device: &B::Device) -> BatchPlan {
         let [batch_size, channels, height, width] = input_dims;
         let [out_channels, out_height, out_width] = self.paths[0].output_shape(height, width);
         let largest = (channels * height * width).max(out_channels * out_height * out_width);
-        concurrent_branches::<B>(device, batch_size * largest)
+        BatchPlan {
+            concurrent: concurrent_branches::<B>(device, batch_size * largest),
+            one_image: batch_size == 1,
+        }
     }
 
     /// The block with every path on (a static residual block).
@@ -224,8 +236,8 @@ impl<B: Backend> MultiPathBlock<B> {
         }
         // inference: the same summation as sparse execution with every gate on
         let affines = self.inference_affines(|_| true);
-        let concurrent = self.concurrent(input.dims(), &input.device());
-        relu(self.sum_paths(input, 0..self.num_paths(), &affines, concurrent))
+        let plan = self.plan(input.dims(), &input.device());
+        relu(self.sum_paths(input, 0..self.num_paths(), &affines, plan))
     }
 
     pub(crate) fn check_gates(&self, input: &Tensor<B, 4>, gates: &Tensor<B, 2>) {
@@ -256,7 +268,7 @@ impl<B: Backend> MultiPathBlock<B> {
         let branches = Branch::shortcut_and(0..self.num_paths());
         // the straightforward formulation: the block input stays alive until the sum is formed
         // (sparse execution releases it once its last branch has read it)
-        let concurrent = self.concurrent(input.dims(), &input.device());
+        let concurrent = self.plan(input.dims(), &input.device()).concurrent;
         let out = self.sum_branches(input.clone(), &branches, concurrent, &|branch, x| match branch {
             Branch::Shortcut => self.shortcut(x),
             Branch::Path(i) => {
@@ -313,10 +325,10 @@ impl<B: Backend> MultiPathBlock<B> {
         }
         // batch-norm affines once per path, whatever the number of groups it serves
         let affines = self.inference_affines(|i| patterns.iter().any(|p| p >> i & 1 == 1));
-        let concurrent = self.concurrent(batch.dims(), &gates.device());
-        batch.regroup_map(&patterns, concurrent, |pattern, x| {
+        let plan = self.plan(batch.dims(), &gates.device());
+        batch.regroup_map(&patterns, plan.concurrent, |pattern, x| {
             let on = (0..self.num_paths()).filter(|i| pattern >> i & 1 == 1);
-            relu(self.sum_paths(x, on, &affines, concurrent))
+            relu(self.sum_paths(x, on, &affines, plan))
         })
     }
 
@@ -329,13 +341,16 @@ impl<B: Backend> MultiPathBlock<B> {
     /// [`MultiPathBlock::forward_masked`] (so the two agree bit for bit), every sum formed in
     /// place where a buffer allows.
     ///
-    /// The shortcut and the paths are independent branches, run concurrently with `concurrent`
-    /// ([`MultiPathBlock::sum_branches`]).
-    fn sum_paths(&self, x: Tensor<B, 4>, on: impl Iterator<Item = usize>, affines: &[Option<PathAffines<B>>], concurrent: bool) -> Tensor<B, 4> {
+    /// The shortcut and the paths are independent branches, run concurrently with
+    /// `plan.concurrent` ([`MultiPathBlock::sum_branches`]).
+    fn sum_paths(&self, x: Tensor<B, 4>, on: impl Iterator<Item = usize>, affines: &[Option<PathAffines<B>>], plan: BatchPlan) -> Tensor<B, 4> {
         let branches = Branch::shortcut_and(on);
-        self.sum_branches(x, &branches, concurrent, &|branch, x| match branch {
+        self.sum_branches(x, &branches, plan.concurrent, &|branch, x| match branch {
             Branch::Shortcut => self.shortcut(x),
-            Branch::Path(i) => self.paths[i].forward_inference(x, affines[i].as_ref().expect("affines of every path in use")),
+            Branch::Path(i) => {
+                let affines = affines[i].as_ref().expect("affines of every path in use");
+                self.paths[i].forward_inference(x, affines, plan.one_image)
+            }
         })
     }
 
@@ -509,6 +524,20 @@ mod tests {
         }
     }
 
+    /// A sample group of one image computes what the batch computes for it (no batch-1
+    /// convolution for a group of a larger batch), so sparse equals masked to the bit.
+    #[test]
+    fn a_one_sample_group_computes_what_the_batch_does() {
+        let device = Default::default();
+        let c = &configs()[1];
+        let block = c.init::<B>(&device);
+        let x = Tensor::<B, 4>::random([3, c.channels_in, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+        // sample 0 alone in its group, samples 1 and 2 together
+        let g = gates::<B>(&[&[1.0, 0.0], &[1.0, 1.0], &[1.0, 1.0]]);
+        let masked = block.forward_masked(x.clone(), g.clone()).into_data();
+        block.forward_sparse(x, g).into_data().assert_eq(&masked, true);
+    }
+
     /// Inputs large enough for concurrent branches (`crate::branches`) give the sums of the
     /// paths run one by one, in the same order, to the bit.
     #[test]
@@ -520,7 +549,7 @@ mod tests {
         ] {
             let block = c.init::<B>(&device);
             let x = Tensor::<B, 4>::random([4, 16, 32, 32], Distribution::Normal(0.0, 1.0), &device);
-            assert!(block.concurrent(x.dims(), &device));
+            assert!(block.plan(x.dims(), &device).concurrent);
             let one_by_one = block.paths.iter().fold(block.shortcut(x.clone()), |sum, path| sum + path.forward(x.clone()));
             block.forward(x.clone()).into_data().assert_eq(&relu(one_by_one).into_data(), true);
             let g = gates::<B>(&[&[1.0, 0.0, 1.0], &[0.0, 1.0, 1.0], &[1.0, 1.0, 1.0], &[0.0, 0.0, 0.0]]).slice([0..4, 0..c.num_paths]);

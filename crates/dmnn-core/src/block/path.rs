@@ -169,7 +169,8 @@ impl<B: Backend> Path<B> {
         if B::ad_enabled(&input.device()) {
             self.forward_normed(input, Conv2d::forward, |bn, _, x| bn.forward(x))
         } else {
-            self.forward_inference(input, &self.inference_affines())
+            let one_image = input.dims()[0] == 1;
+            self.forward_inference(input, &self.inference_affines(), one_image)
         }
     }
 
@@ -190,15 +191,17 @@ impl<B: Backend> Path<B> {
         PathAffines(norms.into_iter().flatten().map(BatchNorm2d::inference_affine).collect())
     }
 
-    /// [`Path::forward`] in inference with precomputed batch-norm affines. A spatial
-    /// convolution of one image runs as one matrix product on Flex ([`crate::im2col`]).
+    /// [`Path::forward`] in inference with precomputed batch-norm affines. With `one_image` (the
+    /// whole batch is one image) a spatial convolution runs as one matrix product on Flex
+    /// ([`crate::im2col`]). Sparse execution passes the whole batch's answer for every sample
+    /// group, so that a group of one sample computes exactly what the batch would.
     ///
     /// # Shapes
     /// - `input`: `[batch_size, channels_in, height, width]`
     /// - output: `[batch_size, channels_out, height / stride, width / stride]`
-    pub fn forward_inference(&self, input: Tensor<B, 4>, affines: &PathAffines<B>) -> Tensor<B, 4> {
+    pub fn forward_inference(&self, input: Tensor<B, 4>, affines: &PathAffines<B>, one_image: bool) -> Tensor<B, 4> {
         let conv = |conv: &Conv2d<B>, x: Tensor<B, 4>| {
-            if im2col_applies(conv, x.dims(), &x.device()) {
+            if one_image && im2col_applies(conv, x.dims(), &x.device()) {
                 conv2d_im2col(conv, x)
             } else {
                 conv.forward(x)
