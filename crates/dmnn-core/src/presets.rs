@@ -2,12 +2,12 @@
 //!
 //! | name | blocks | paths | input |
 //! |---|---|---|---|
-//! | `resnet18`, `resnet34` | basic, [2,2,2,2] / [3,4,6,3] | 1, no controller | 224 px, 1000 classes |
-//! | `resnet50`, `resnet101` | bottleneck, [3,4,6,3] / [3,4,23,3] | 1, no controller | 224 px |
+//! | `resnet18`, `resnet34` | basic, \[2,2,2,2\] / \[3,4,6,3\] | 1, no controller | 224 px, 1000 classes |
+//! | `resnet50`, `resnet101` | bottleneck, \[3,4,6,3\] / \[3,4,23,3\] | 1, no controller | 224 px |
 //! | `dmnn50`, `dmnn101` | bottleneck | 2 x 40·2^stage (ResNeXt 2x40d shape) | 224 px |
-//! | `dmnn50_4x24d` | bottleneck, [3,4,6,3] | 4 x 24·2^stage | 224 px |
-//! | `dmnn50_2x32d` | bottleneck, [3,4,6,3] | 2 x 32·2^stage (ResNet-50's width, for init from it) | 224 px |
-//! | `dmnn_small` | basic, [2,2,2], widths 16/32/64, stem 3x3/2 | 2 | 28 px, 1 channel, 10 classes |
+//! | `dmnn50_4x24d` | bottleneck, \[3,4,6,3\] | 4 x 24·2^stage | 224 px |
+//! | `dmnn50_2x32d` | bottleneck, \[3,4,6,3\] | 2 x 32·2^stage (ResNet-50's width, for init from it) | 224 px |
+//! | `dmnn_small` | basic, \[2,2,2\], widths 16/32/64, stem 3x3/2 | 2 | 28 px, 1 channel, 10 classes |
 //! | `resnet_small` | as `dmnn_small`, one path, no controller | 1 | 28 px |
 //! | `resnet_small_thin` | `resnet_small` at ~0.7 of its MACs | 1 | 28 px |
 //!

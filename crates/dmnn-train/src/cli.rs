@@ -47,7 +47,7 @@ pub struct BenchArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// CSV output (default: results/bench-<backend>-<machine>.csv).
+    /// CSV output (default: `results/bench-<backend>-<machine>.csv`).
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only the small preset (seconds on a CPU).
@@ -222,7 +222,7 @@ pub struct TrainArgs {
     /// A configuration file (JSON, as written to a run's config.json); flags override it.
     #[arg(long, help_heading = "Run")]
     pub config: Option<PathBuf>,
-    /// Run directory (default: runs/<timestamp>-<model>-<paths>p-t<target>).
+    /// Run directory (default: `runs/<timestamp>-<model>-<paths>p-t<target>`).
     #[arg(long, help_heading = "Run")]
     pub out: Option<PathBuf>,
     /// Continue a stopped run from its last checkpoint (its config.json is used; other flags are ignored).

@@ -298,8 +298,9 @@ impl<B: Backend> MultiPathBlock<B> {
 
     /// Sparse execution on a grouped batch: reads the gates back once (one device sync), regroups
     /// the samples by gate pattern and runs every group's paths on the group's own tensor as soon
-    /// as it is gathered ([`GroupedBatch::regroup_map`]); the sum `shortcut + path_0 + path_1 + ...` is formed in place in
-    /// the order of [`MultiPathBlock::forward_masked`], so the two agree to rounding.
+    /// as it is gathered ([`GroupedBatch::regroup_map`]); the sum `shortcut + path_0 + path_1 +
+    /// ...` is formed in place in the order of [`MultiPathBlock::forward_masked`], so the two
+    /// agree to the bit.
     ///
     /// With autodiff each path instead runs once on all the samples it serves (so its batch norms
     /// see exactly those samples, as DESIGN §7 asks of BN recalibration) and its output is

@@ -96,7 +96,9 @@ impl LoaderConfig {
     }
 }
 
-/// The data loader (see the [module docs](self)).
+/// The data loader: the order, augmentation and Gumbel seeds of an epoch depend on `(seed,
+/// epoch)` only, so a resumed run replays the uninterrupted one; samples decode on worker threads
+/// ahead of the training step.
 pub struct EpochLoader<B: Backend> {
     source: Arc<dyn ImageSource>,
     config: LoaderConfig,
