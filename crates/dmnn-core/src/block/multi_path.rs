@@ -403,7 +403,8 @@ impl<B: Backend> MultiPathBlock<B> {
                 start += rows;
             }
         }
-        batch.map(|g, _| relu(sums[g].clone()))
+        let mut sums = sums.into_iter();
+        batch.map(|_, _| relu(sums.next().expect("one sum per group")))
     }
 }
 
