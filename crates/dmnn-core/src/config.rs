@@ -5,7 +5,27 @@ use burn::config::Config;
 use dmnn_gate::{ControllerConfig, GatedBlockSpec};
 use serde::{Deserialize, Serialize};
 
-use crate::block::{conv_out_size, BlockKind, MultiPathBlockConfig};
+use crate::block::{BlockKind, MultiPathBlockConfig};
+use crate::error::ConfigError;
+use crate::layers::conv_out_size;
+
+/// Kernel size, stride and padding (on every side) of a square window: a convolution or a pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// Side of the kernel.
+    pub kernel: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Padding on every side.
+    pub padding: usize,
+}
+
+impl Window {
+    /// Output size along one axis of an input of `size`.
+    pub fn output_size(&self, size: usize) -> usize {
+        conv_out_size(size, self.kernel, self.stride, self.padding)
+    }
+}
 
 /// The stem in front of the first stage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -20,6 +40,26 @@ pub enum StemKind {
         /// Stride of the convolution.
         stride: usize,
     },
+}
+
+impl StemKind {
+    /// The stem convolution: 7x7/2 padding 3 for the ImageNet stem, 3x3 padding 1 with the
+    /// given stride for the small one.
+    pub fn conv(&self) -> Window {
+        match *self {
+            Self::ImageNet => Window { kernel: 7, stride: 2, padding: 3 },
+            Self::Conv3x3 { stride } => Window { kernel: 3, stride, padding: 1 },
+        }
+    }
+
+    /// The stem max pool: 3x3/2 padding 1 for the ImageNet stem (torchvision's ResNet), none for
+    /// the small one.
+    pub fn pool(&self) -> Option<Window> {
+        match self {
+            Self::ImageNet => Some(Window { kernel: 3, stride: 2, padding: 1 }),
+            Self::Conv3x3 { .. } => None,
+        }
+    }
 }
 
 /// Configuration of a DMNN-ResNet (and, with one path and no controller, of a plain ResNet).
@@ -60,76 +100,59 @@ pub struct DmnnConfig {
 }
 
 impl DmnnConfig {
-    /// Checks the invariants; the message names the offending values.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the invariants.
+    ///
+    /// # Errors
+    /// The first invariant that does not hold, naming the offending values.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let model = || self.name.clone();
         let stages = self.stage_depths.len();
         if stages == 0 {
-            return Err(format!("model '{}': stage_depths is empty", self.name));
+            return Err(ConfigError::EmptyStages { model: model() });
         }
         if self.stage_widths.len() != stages {
-            return Err(format!(
-                "model '{}': stage_widths has {} entries, stage_depths has {stages}",
-                self.name,
-                self.stage_widths.len()
-            ));
+            return Err(ConfigError::StageCount { model: model(), field: "stage_widths", len: self.stage_widths.len(), stages });
         }
         if self.num_paths == 0 || self.num_classes == 0 || self.in_channels == 0 || self.stem_width == 0 {
-            return Err(format!(
-                "model '{}': num_paths={}, num_classes={}, in_channels={}, stem_width={} must all be positive",
-                self.name, self.num_paths, self.num_classes, self.in_channels, self.stem_width
-            ));
+            return Err(ConfigError::NotPositive {
+                model: model(),
+                values: format!(
+                    "num_paths={}, num_classes={}, in_channels={}, stem_width={}",
+                    self.num_paths, self.num_classes, self.in_channels, self.stem_width
+                ),
+            });
         }
         if let StemKind::Conv3x3 { stride: 0 } = self.stem {
-            return Err(format!("model '{}': stem stride=0 must be positive", self.name));
+            return Err(ConfigError::StemStride { model: model() });
         }
         match &self.path_widths {
             Some(p) if p.len() != stages => {
-                return Err(format!(
-                    "model '{}': path_widths has {} entries, stage_depths has {stages}",
-                    self.name,
-                    p.len()
-                ))
+                return Err(ConfigError::StageCount { model: model(), field: "path_widths", len: p.len(), stages });
             }
-            Some(p) if p.contains(&0) => {
-                return Err(format!("model '{}': path_widths={p:?} must be positive", self.name))
-            }
+            Some(p) if p.contains(&0) => return Err(ConfigError::PathWidths { model: model(), widths: p.clone() }),
             Some(_) => {}
             None => {
-                for &w in &self.stage_widths {
-                    if w == 0 || w % self.num_paths != 0 {
-                        return Err(format!(
-                            "model '{}': width={w}, num_paths={}: num_paths must divide the block width",
-                            self.name, self.num_paths
-                        ));
+                for &width in &self.stage_widths {
+                    if width == 0 || width % self.num_paths != 0 {
+                        return Err(ConfigError::Indivisible { model: model(), width, num_paths: self.num_paths });
                     }
                 }
             }
         }
-        if let Some(c) = &self.controller {
-            if c.hidden_size == 0 {
-                return Err(format!("model '{}': controller hidden_size=0 must be positive", self.name));
-            }
+        if self.controller.as_ref().is_some_and(|c| c.hidden_size == 0) {
+            return Err(ConfigError::ControllerWidth { model: model() });
         }
         Ok(())
     }
 
-    /// Channels out of the stem and the spatial size after it, for an input of `[height, width]`.
+    /// The spatial size after the stem for an input of `[height, width]`.
     pub fn stem_output_size(&self, height: usize, width: usize) -> [usize; 2] {
-        match self.stem {
-            StemKind::ImageNet => {
-                let (h, w) = (conv_out_size(height, 7, 2, 3), conv_out_size(width, 7, 2, 3));
-                [conv_out_size(h, 3, 2, 1), conv_out_size(w, 3, 2, 1)]
-            }
-            StemKind::Conv3x3 { stride } => [conv_out_size(height, 3, stride, 1), conv_out_size(width, 3, stride, 1)],
-        }
-    }
-
-    /// Kernel size and stride of the stem convolution.
-    pub fn stem_conv(&self) -> (usize, usize) {
-        match self.stem {
-            StemKind::ImageNet => (7, 2),
-            StemKind::Conv3x3 { stride } => (3, stride),
-        }
+        let (conv, pool) = (self.stem.conv(), self.stem.pool());
+        let after = |size: usize| {
+            let size = conv.output_size(size);
+            pool.map_or(size, |p| p.output_size(size))
+        };
+        [after(height), after(width)]
     }
 
     /// Path width of stage `stage`.

@@ -6,7 +6,6 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::block::conv_out_size;
 use crate::config::DmnnConfig;
 
 /// The cost of one gated block.
@@ -99,8 +98,9 @@ impl DmnnConfig {
     /// If the configuration is invalid (see [`DmnnConfig::validate`]).
     pub fn cost(&self, image_size: [usize; 2]) -> CostReport {
         let [height, width] = image_size;
-        let (k, s) = self.stem_conv();
-        let stem_hw = conv_out_size(height, k, s, k / 2) * conv_out_size(width, k, s, k / 2);
+        let stem = self.stem.conv();
+        let k = stem.kernel;
+        let stem_hw = stem.output_size(height) * stem.output_size(width);
         let stem_macs = (self.in_channels * self.stem_width * k * k * stem_hw) as u64;
         let stem_params = self.in_channels * self.stem_width * k * k + 2 * self.stem_width;
 

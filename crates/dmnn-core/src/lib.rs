@@ -17,30 +17,42 @@
 //! println!("logits {:?}, mean MACs {}", out.logits.dims(), out.macs.mean().into_scalar());
 //! ```
 //!
-//! - [`MultiPathBlock`]: the gated residual block, with `Masked` and `Sparse` execution.
-//! - [`DmnnConfig`], [`Dmnn`], [`DmnnOutput`]: the network, its presets
-//!   ([`DmnnConfig::preset`]) and the output every loss, metric and report reads.
+//! Where things are (each room owns one thing; see docs/architecture.md):
+//! - [`layers`]: convolution geometry and [`BatchNorm2d`].
+//! - [`block`]: what a block computes — [`Path`] and [`MultiPathBlock`] (DESIGN §3).
+//! - [`exec`]: how a block runs on a batch — [`exec::masked`] and [`exec::sparse`] (DESIGN §7).
+//! - [`backend`]: the backend seam — [`FastPaths`] and [`Kernels`] (DESIGN §10).
+//! - [`Dmnn`], [`DmnnConfig`], [`presets`]: the network and its named configurations.
+//! - [`ForwardOptions`], [`DmnnOutput`]: what a pass is asked and what it returns; every loss,
+//!   metric and report reads the output.
+//! - [`ObjectiveConfig`]: the training objective of DESIGN §5.
 //! - [`CostReport`]: analytic parameters and MACs at any input size.
+//! - [`weights`]: torchvision interop.
 #![warn(missing_docs)]
 
-mod block;
-pub mod branches;
+pub mod backend;
+pub mod block;
 mod config;
 mod cost;
-pub mod im2col;
+mod error;
+pub mod exec;
+pub mod layers;
 mod network;
-mod norm;
-pub mod pool;
+mod objective;
+mod output;
 pub mod presets;
 pub mod weights;
 
+pub use backend::{FastPath, FastPaths, Kernels};
 pub use block::*;
 pub use config::*;
 pub use cost::*;
-pub use network::*;
-pub use norm::*;
 pub use dmnn_gate::param_count;
-pub use presets::UnknownModel;
+pub use error::{ConfigError, UnknownModel};
+pub use layers::{BatchNorm2d, BatchNorm2dConfig};
+pub use network::*;
+pub use objective::*;
+pub use output::*;
 
 /// Re-export of the gate crate, so users need one dependency.
 pub use dmnn_gate as gate;

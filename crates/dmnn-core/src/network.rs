@@ -13,142 +13,15 @@ use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use dmnn_gate::{global_avg_pool, Controller, ControllerState};
-use serde::{Deserialize, Serialize};
 
-use crate::block::{conv, GroupedBatch, MultiPathBlock};
-use crate::config::{DmnnConfig, StemKind};
+use crate::backend::{FastPaths, Kernels};
+use crate::block::MultiPathBlock;
+use crate::config::DmnnConfig;
 use crate::cost::CostReport;
-use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
-use crate::pool::{host_pool_applies, max_pool2d_host};
-
-/// Kernel, stride and padding of the ImageNet stem's max pool (torchvision's ResNet).
-const STEM_POOL: (usize, usize, usize) = (3, 2, 1);
-
-/// How the paths of a gated block are executed.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ExecutionMode {
-    /// `Masked` with autodiff (training), `Sparse` without (inference).
-    #[default]
-    Auto,
-    /// Every path runs on the whole batch and is multiplied by its gate (costs the full network;
-    /// gradients reach every gate).
-    Masked,
-    /// Each path runs only on the samples whose gate is on; unused paths do not run.
-    Sparse,
-}
-
-impl ExecutionMode {
-    /// The concrete mode for a device: `Auto` becomes `Masked` with autodiff, `Sparse` without.
-    pub fn resolve<B: Backend>(self, device: &B::Device) -> Self {
-        match self {
-            Self::Auto if B::ad_enabled(device) => Self::Masked,
-            Self::Auto => Self::Sparse,
-            mode => mode,
-        }
-    }
-}
-
-impl core::str::FromStr for ExecutionMode {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s.to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "masked" => Ok(Self::Masked),
-            "sparse" => Ok(Self::Sparse),
-            other => Err(format!("execution mode '{other}' is not one of auto, masked, sparse")),
-        }
-    }
-}
-
-/// Options of [`Dmnn::forward_with`].
-#[derive(Debug, Clone)]
-pub struct ForwardOptions<B: Backend> {
-    /// Execution mode of the gated blocks.
-    pub mode: ExecutionMode,
-    /// Gates to use instead of the controllers' decisions, one `[batch_size, num_paths]` tensor
-    /// per block (benchmarks, tests, BN recalibration). The controllers do not run.
-    pub gates: Option<Vec<Tensor<B, 2>>>,
-    /// Gumbel noise for the training gates, one `[batch_size, num_paths, 2]` tensor per block
-    /// (reproducible training and tests). Ignored without autodiff.
-    pub noise: Option<Vec<Tensor<B, 3>>>,
-    /// Gumbel temperature for this pass instead of the controller's (temperature schedules).
-    pub temperature: Option<f64>,
-}
-
-impl<B: Backend> Default for ForwardOptions<B> {
-    fn default() -> Self {
-        Self {
-            mode: ExecutionMode::Auto,
-            gates: None,
-            noise: None,
-            temperature: None,
-        }
-    }
-}
-
-impl<B: Backend> ForwardOptions<B> {
-    /// Default options with the given execution mode.
-    pub fn mode(mode: ExecutionMode) -> Self {
-        Self {
-            mode,
-            ..Self::default()
-        }
-    }
-
-    /// Uses these gates instead of the controllers.
-    pub fn with_gates(mut self, gates: Vec<Tensor<B, 2>>) -> Self {
-        self.gates = Some(gates);
-        self
-    }
-
-    /// Uses this Gumbel noise for the training gates.
-    pub fn with_noise(mut self, noise: Vec<Tensor<B, 3>>) -> Self {
-        self.noise = Some(noise);
-        self
-    }
-
-    /// Uses this Gumbel temperature for the training gates.
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.temperature = Some(temperature);
-        self
-    }
-}
-
-/// Everything one forward pass produces. Losses, metrics, reports and benchmarks read this;
-/// nothing recomputes gates or costs on the side.
-#[derive(Debug, Clone)]
-pub struct DmnnOutput<B: Backend> {
-    /// Class logits, `[batch_size, num_classes]`.
-    pub logits: Tensor<B, 2>,
-    /// Logits of the auxiliary category heads, each `[batch_size, num_classes]` (empty without
-    /// heads or when gates were given).
-    pub aux_logits: Vec<Tensor<B, 2>>,
-    /// Gates of every gated block, each `[batch_size, num_paths]` with values in {0, 1} (empty for
-    /// a static network). With autodiff they carry the straight-through gradient.
-    pub gates: Vec<Tensor<B, 2>>,
-    /// Executed MACs of the gated paths for every sample, `[batch_size]` (differentiable through
-    /// the gates).
-    pub gated_macs: Tensor<B, 1>,
-    /// Executed MACs of every sample, `[batch_size]`: ungated MACs plus `gated_macs`.
-    pub macs: Tensor<B, 1>,
-    /// The analytic cost of the model at this input size.
-    pub cost: CostReport,
-}
-
-impl<B: Backend> DmnnOutput<B> {
-    /// Executed share of the gated MACs for every sample, `[batch_size]`, in [0, 1].
-    pub fn gated_macs_ratio(&self) -> Tensor<B, 1> {
-        let full = self.cost.gated_macs_full().max(1) as f64;
-        self.gated_macs.clone().div_scalar(full)
-    }
-
-    /// Executed MACs as a share of the all-paths-on network, `[batch_size]`.
-    pub fn macs_ratio(&self) -> Tensor<B, 1> {
-        self.macs.clone().div_scalar(self.cost.macs_full() as f64)
-    }
-}
+use crate::error::ConfigError;
+use crate::exec::{run_block, GroupedBatch};
+use crate::layers::{resnet_conv, BatchNorm2d, BatchNorm2dConfig};
+use crate::output::{DmnnOutput, ForwardOptions};
 
 /// A DMNN-ResNet. Field names follow torchvision's ResNet (`conv1`, `bn1`, `layers[i]` for
 /// `layer{i+1}`, `fc`).
@@ -173,36 +46,41 @@ pub struct Dmnn<B: Backend> {
 impl DmnnConfig {
     /// Builds the network.
     ///
-    /// # Panics
-    /// If the configuration is invalid; the message names the offending values.
-    pub fn init<B: Backend>(&self, device: &B::Device) -> Dmnn<B> {
-        if let Err(e) = self.validate() {
-            panic!("{e}");
-        }
-        let (k, s) = self.stem_conv();
+    /// # Errors
+    /// If the configuration is invalid ([`DmnnConfig::validate`]).
+    pub fn try_init<B: Backend>(&self, device: &B::Device) -> Result<Dmnn<B>, ConfigError> {
+        self.validate()?;
         let blocks = self.blocks();
         let mut layers: Vec<Vec<MultiPathBlock<B>>> = self.stage_depths.iter().map(|_| Vec::new()).collect();
         for (stage, block) in &blocks {
             layers[*stage].push(block.init(device));
         }
-        let controller = self.controller.as_ref().map(|c| {
-            c.init(&Self::specs_of(&blocks), self.num_paths, self.num_classes, device)
-        });
-        Dmnn {
-            conv1: conv(self.in_channels, self.stem_width, k, s, device),
+        let controller =
+            self.controller.as_ref().map(|c| c.init(&Self::specs_of(&blocks), self.num_paths, self.num_classes, device));
+        let stem = self.stem.conv();
+        Ok(Dmnn {
+            conv1: resnet_conv(self.in_channels, self.stem_width, stem.kernel, stem.stride, device),
             bn1: BatchNorm2dConfig::new(self.stem_width).init(device),
-            maxpool: matches!(self.stem, StemKind::ImageNet).then(|| {
-                let (k, s, p) = STEM_POOL;
-                MaxPool2dConfig::new([k, k])
-                    .with_strides([s, s])
-                    .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+            maxpool: self.stem.pool().map(|p| {
+                MaxPool2dConfig::new([p.kernel, p.kernel])
+                    .with_strides([p.stride, p.stride])
+                    .with_padding(PaddingConfig2d::Explicit(p.padding, p.padding, p.padding, p.padding))
                     .init()
             }),
             layers,
             controller,
             fc: LinearConfig::new(self.feature_channels(), self.num_classes).init(device),
             config: self.clone(),
-        }
+        })
+    }
+
+    /// Builds the network.
+    ///
+    /// # Panics
+    /// If the configuration is invalid; the message names the offending values
+    /// ([`DmnnConfig::try_init`] returns it as an error).
+    pub fn init<B: Backend>(&self, device: &B::Device) -> Dmnn<B> {
+        self.try_init(device).unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -233,13 +111,15 @@ impl<B: Backend> Dmnn<B> {
     /// - `input`: `[batch_size, in_channels, height, width]`
     /// - output: `[batch_size, stem_width, height', width']` (see [`DmnnConfig::stem_output_size`])
     pub fn forward_stem(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        let x = relu(self.bn1.forward(self.conv1.forward(input)));
+        let kernels = Kernels::probe(&input.device(), input.dims()[0]);
+        self.forward_stem_with(input, &kernels)
+    }
+
+    fn forward_stem_with(&self, input: Tensor<B, 4>, k: &Kernels<B>) -> Tensor<B, 4> {
+        // Burn's convolution at every batch size: the one-image im2col was measured on the paths
+        let x = relu(k.norm(&self.bn1, self.conv1.forward(input)));
         match &self.maxpool {
-            Some(_) if host_pool_applies::<B>(&x.device()) => {
-                let (k, s, p) = STEM_POOL;
-                max_pool2d_host(x, k, s, p)
-            }
-            Some(pool) => pool.forward(x),
+            Some(pool) => k.max_pool(pool, x),
             None => x,
         }
     }
@@ -262,7 +142,8 @@ impl<B: Backend> Dmnn<B> {
         self.forward_with(input, ForwardOptions::default())
     }
 
-    /// The forward pass.
+    /// The forward pass: stem, then every block with its controller's gates (or the given ones)
+    /// run by the executor of the mode, then the head.
     ///
     /// # Shapes
     /// - `input`: `[batch_size, in_channels, height, width]`
@@ -281,21 +162,20 @@ impl<B: Backend> Dmnn<B> {
         let device = input.device();
         let mode = options.mode.resolve::<B>(&device);
         let num_blocks = self.num_blocks();
-        for (what, len) in [
-            ("gates", options.gates.as_ref().map(Vec::len)),
-            ("noise", options.noise.as_ref().map(Vec::len)),
-        ] {
+        for (what, len) in [("gates", options.gates.as_ref().map(Vec::len)), ("noise", options.noise.as_ref().map(Vec::len))] {
             if let Some(len) = len {
                 assert_eq!(len, num_blocks, "{len} {what} tensors given for {num_blocks} gated blocks");
             }
         }
+        let fast_paths = options.fast_paths.unwrap_or_else(|| FastPaths::probe::<B>(&device));
+        let kernels = Kernels::new(&device, batch_size, fast_paths);
         let cost = self.cost([height, width]);
         let mut fixed_gates = options.gates.map(Vec::into_iter);
         let mut noise = options.noise.map(Vec::into_iter);
 
         // Sparse execution regroups the samples by gate pattern block after block (see
         // `GroupedBatch`); gates, controller state, noise and outputs stay in the caller's order.
-        let mut x = GroupedBatch::new(self.forward_stem(input));
+        let mut x = GroupedBatch::new(self.forward_stem_with(input, &kernels));
         let mut state = ControllerState::default();
         let mut all_gates = Vec::with_capacity(num_blocks);
         let mut aux_logits = Vec::new();
@@ -309,50 +189,23 @@ impl<B: Backend> Dmnn<B> {
                     state = out.state;
                     aux_logits.extend(out.aux_logits);
                     let block_noise = noise.as_mut().and_then(Iterator::next);
-                    let temperature = options.temperature.unwrap_or(controller.temperature);
-                    Some(controller.gates_at(out.logits, block_noise, temperature))
+                    Some(controller.gates(out.logits, block_noise, options.gate))
                 }
                 (None, None) => None,
             };
             let path_macs = cost.blocks[l].path_macs as f64;
-            x = match gates {
-                None => {
-                    let all_on = (block.num_paths() as f64) * path_macs;
-                    gated_macs = gated_macs.add_scalar(all_on);
-                    x.map(|_, t| block.forward(t))
-                }
+            match &gates {
+                None => gated_macs = gated_macs.add_scalar((block.num_paths() as f64) * path_macs),
                 Some(g) => {
                     let open = g.clone().sum_dim(1).reshape([batch_size]); // [B]
                     gated_macs = gated_macs + open.mul_scalar(path_macs);
                     all_gates.push(g.clone());
-                    match mode {
-                        ExecutionMode::Sparse => block.forward_grouped(x, g),
-                        _ => GroupedBatch::new(block.forward_masked(x.into_tensor(), g)),
-                    }
                 }
-            };
+            }
+            x = run_block(mode, block, x, gates, &kernels);
         }
         let logits = x.rows_to_caller(|t| self.forward_head(t));
         let macs = gated_macs.clone().add_scalar(cost.ungated_macs() as f64);
-        DmnnOutput {
-            logits,
-            aux_logits,
-            gates: all_gates,
-            gated_macs,
-            macs,
-            cost,
-        }
-    }
-
-    /// Sets the Gumbel temperature of the controllers (no effect on a static network).
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        self.controller = self.controller.map(|c| c.with_temperature(temperature));
-        self
-    }
-
-    /// Sets the inference gate threshold of the controllers (no effect on a static network).
-    pub fn with_threshold(mut self, threshold: f64) -> Self {
-        self.controller = self.controller.map(|c| c.with_threshold(threshold));
-        self
+        DmnnOutput { logits, aux_logits, gates: all_gates, gated_macs, macs, cost }
     }
 }

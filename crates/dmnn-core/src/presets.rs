@@ -35,7 +35,7 @@ pub const SMALL_WIDTHS: [usize; 3] = [16, 32, 64];
 pub const SMALL_THIN_FACTOR: f64 = 0.84;
 
 /// A requested model name that is not a preset.
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("unknown model '{name}'; known models: {}", known.join(", "))]
 pub struct UnknownModel {
     /// The name asked for.
@@ -43,21 +43,6 @@ pub struct UnknownModel {
     /// The preset names.
     pub known: Vec<&'static str>,
 }
-
-/// Names of all presets.
-pub const PRESETS: [&str; 11] = [
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "dmnn50",
-    "dmnn50_4x24d",
-    "dmnn50_2x32d",
-    "dmnn101",
-    "dmnn_small",
-    "resnet_small",
-    "resnet_small_thin",
-];
 
 fn imagenet(name: &str, block: BlockKind, depths: &[usize]) -> DmnnConfig {
     DmnnConfig::new(name.to_string(), 1000, block, depths.to_vec(), RESNET_WIDTHS.to_vec())
@@ -78,30 +63,44 @@ fn small(name: &str) -> DmnnConfig {
         .with_image_size(28)
 }
 
+/// Every preset: its name and how it is built from the name (the one list of presets).
+const TABLE: [(&str, fn(&str) -> DmnnConfig); 11] = [
+    ("resnet18", |n| imagenet(n, BlockKind::Basic, &RESNET18_BLOCKS)),
+    ("resnet34", |n| imagenet(n, BlockKind::Basic, &RESNET50_BLOCKS)),
+    ("resnet50", |n| imagenet(n, BlockKind::Bottleneck, &RESNET50_BLOCKS)),
+    ("resnet101", |n| imagenet(n, BlockKind::Bottleneck, &RESNET101_BLOCKS)),
+    ("dmnn50", |n| dmnn(n, &RESNET50_BLOCKS, 2, 40)),
+    ("dmnn50_4x24d", |n| dmnn(n, &RESNET50_BLOCKS, 4, 24)),
+    ("dmnn50_2x32d", |n| dmnn(n, &RESNET50_BLOCKS, 2, 32)),
+    ("dmnn101", |n| dmnn(n, &RESNET101_BLOCKS, 2, 40)),
+    ("dmnn_small", |n| {
+        small(n).with_num_paths(2).with_controller(Some(ControllerConfig::new().with_hidden_size(16)))
+    }),
+    ("resnet_small", small),
+    ("resnet_small_thin", |n| small(n).scale_width(SMALL_THIN_FACTOR)),
+];
+
+/// Names of all presets, in the order of the module docs.
+pub const PRESETS: [&str; TABLE.len()] = {
+    let mut names = [""; TABLE.len()];
+    let mut i = 0;
+    while i < TABLE.len() {
+        names[i] = TABLE[i].0;
+        i += 1;
+    }
+    names
+};
+
 impl DmnnConfig {
     /// The configuration of a named preset (see the [module docs](crate::presets)).
+    ///
+    /// # Errors
+    /// If `name` is not one of [`PRESETS`].
     pub fn preset(name: &str) -> Result<Self, UnknownModel> {
-        let config = match name {
-            "resnet18" => imagenet(name, BlockKind::Basic, &RESNET18_BLOCKS),
-            "resnet34" => imagenet(name, BlockKind::Basic, &RESNET50_BLOCKS),
-            "resnet50" => imagenet(name, BlockKind::Bottleneck, &RESNET50_BLOCKS),
-            "resnet101" => imagenet(name, BlockKind::Bottleneck, &RESNET101_BLOCKS),
-            "dmnn50" => dmnn(name, &RESNET50_BLOCKS, 2, 40),
-            "dmnn50_4x24d" => dmnn(name, &RESNET50_BLOCKS, 4, 24),
-            "dmnn50_2x32d" => dmnn(name, &RESNET50_BLOCKS, 2, 32),
-            "dmnn101" => dmnn(name, &RESNET101_BLOCKS, 2, 40),
-            "dmnn_small" => small(name)
-                .with_num_paths(2)
-                .with_controller(Some(ControllerConfig::new().with_hidden_size(16))),
-            "resnet_small" => small(name),
-            "resnet_small_thin" => small(name).scale_width(SMALL_THIN_FACTOR),
-            _ => {
-                return Err(UnknownModel {
-                    name: name.to_string(),
-                    known: PRESETS.to_vec(),
-                })
-            }
-        };
-        Ok(config)
+        TABLE
+            .iter()
+            .find(|(preset, _)| *preset == name)
+            .map(|(preset, build)| build(preset))
+            .ok_or_else(|| UnknownModel { name: name.to_string(), known: PRESETS.to_vec() })
     }
 }

@@ -190,8 +190,8 @@ impl<Bk: AutodiffBackend> ModuleVisitor<Bk> for GradientProbe<'_, Bk> {
 }
 
 /// The training objective of DESIGN §5, written out: CE + mean auxiliary CE + cost penalty.
-fn objective(model: &Dmnn<AD>, x: Tensor<AD, 4>, y: Tensor<AD, 1, Int>, noise: Vec<Tensor<AD, 3>>) -> Tensor<AD, 1> {
-    let out = model.forward_with(x, ForwardOptions::default().with_noise(noise));
+fn objective(model: &Dmnn<AD>, x: Tensor<AD, 4>, y: Tensor<AD, 1, Int>, noise: Vec<Tensor<AD, 3>>, temperature: f64) -> Tensor<AD, 1> {
+    let out = model.forward_with(x, ForwardOptions::default().with_noise(noise).with_temperature(temperature));
     let ce = CrossEntropyLossConfig::new().init(&out.logits.device());
     let mut loss = ce.forward(out.logits.clone(), y.clone());
     let aux_count = out.aux_logits.len() as f64;
@@ -212,7 +212,7 @@ fn every_parameter_gets_a_gradient_through_the_gates() {
         let y = Tensor::<AD, 1, Int>::from_data(TensorData::new((0..batch as i64).map(|i| i % 5).collect(), [batch]), &device);
         // noiseless gates: every path starts on (bias 2.0 vs 0.1), so every path serves a sample
         let noise = (0..3).map(|_| Tensor::<AD, 3>::zeros([batch, 3, 2], &device)).collect();
-        let grads = objective(&model, x, y, noise).backward();
+        let grads = objective(&model, x, y, noise, 1.0).backward();
         let mut probe = GradientProbe::<AD> { grads: &grads, path: vec![], missing: vec![], seen: 0 };
         model.visit(&mut probe);
         assert_eq!(probe.seen > 0, true);
@@ -229,9 +229,8 @@ fn temperature_changes_the_gradient() {
     let y = Tensor::<AD, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3, 4, 0, 1, 2], [batch]), &device);
     let noise: Vec<_> = (0..3).map(|_| dmnn_core::gate::gumbel_noise::<AD, 3>([batch, 3, 2], &device)).collect();
     let grad_at = |tau: f64| {
-        let m = model.clone().with_temperature(tau);
-        let grads = objective(&m, x.clone(), y.clone(), noise.clone()).backward();
-        let w = &m.controller.as_ref().unwrap().blocks[0].gate_logits.weight;
+        let grads = objective(&model, x.clone(), y.clone(), noise.clone(), tau).backward();
+        let w = &model.controller.as_ref().unwrap().blocks[0].gate_logits.weight;
         w.grad(&grads).unwrap()
     };
     let diff = (grad_at(1.0) - grad_at(0.3)).abs().max().into_scalar();

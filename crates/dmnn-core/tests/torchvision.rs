@@ -161,14 +161,14 @@ fn dmnn_from_resnet_starts_where_the_resnet_is() {
     // basic blocks split exactly: all paths on is the ResNet
     let basic = io("tv_basic");
     let resnet = load_torchvision(basic.config.init::<B>(&device), &fixture("tv_basic.pth"), ImportOptions::default()).unwrap();
-    let (dmnn, report) = dmnn_core::weights::init_from_resnet(two_path(&basic.config, 0).init::<B>(&device), &resnet);
+    let (dmnn, report) = dmnn_core::weights::init_from_resnet(two_path(&basic.config, 0).init::<B>(&device), &resnet).unwrap();
     assert_eq!(report.dropped_params, 0);
     assert_close(&all_on_logits(&dmnn, basic.input.clone()), &basic.logits, "basic, 2 paths from the ResNet");
 
     // bottlenecks lose the off-diagonal blocks of conv2: close, not equal
     let io = io_of("tv_bottleneck");
     let resnet = load_torchvision(io.config.init::<B>(&device), &fixture("tv_bottleneck.pth"), ImportOptions::default()).unwrap();
-    let (same, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 0).init::<B>(&device), &resnet);
+    let (same, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 0).init::<B>(&device), &resnet).unwrap();
     // per block: w² − 2·(w/2)² = w²/2 weights of the 3x3, times 9
     let expected: usize = [(4, 1), (8, 2), (16, 1), (32, 1)].iter().map(|(w, blocks)| blocks * 9 * w * w / 2).sum();
     assert_eq!(report.dropped_params, expected);
@@ -177,7 +177,7 @@ fn dmnn_from_resnet_starts_where_the_resnet_is() {
     let scale = io.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(diff > 1e-3 && diff < scale, "bottleneck split: max logit difference {diff} (scale {scale})");
     // wider paths start as the same-width split: the extra channels add nothing yet
-    let (wide, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 2).init::<B>(&device), &resnet);
+    let (wide, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 2).init::<B>(&device), &resnet).unwrap();
     assert_eq!(report.fresh_width, vec![2, 2, 2, 2]);
     assert_close(&all_on_logits(&wide, io.input.clone()), &split, "2 fresh channels per path");
 }

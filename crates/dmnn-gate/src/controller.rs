@@ -24,8 +24,9 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use crate::error::GateError;
+use crate::gumbel::{deterministic_gates, gumbel_noise, gumbel_straight_through, GateOptions};
 use crate::params::param_count;
-use crate::gumbel::{deterministic_gates, gumbel_noise, gumbel_straight_through};
 
 /// What a controller remembers from the blocks before it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,11 @@ pub enum PrevState {
     Lstm,
 }
 
+impl PrevState {
+    /// The names [`PrevState::from_str`] accepts.
+    pub const NAMES: [&'static str; 3] = ["none", "gru", "lstm"];
+}
+
 impl fmt::Display for PrevState {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
@@ -51,14 +57,14 @@ impl fmt::Display for PrevState {
 }
 
 impl FromStr for PrevState {
-    type Err = String;
+    type Err = GateError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.to_ascii_lowercase().as_str() {
             "none" => Ok(Self::None),
             "gru" => Ok(Self::Gru),
             "lstm" => Ok(Self::Lstm),
-            other => Err(format!("prev_state '{other}' is not one of none, gru, lstm")),
+            other => Err(GateError::Unknown { what: "prev_state", value: other.to_string(), known: &Self::NAMES }),
         }
     }
 }
@@ -73,6 +79,9 @@ pub struct GatedBlockSpec {
 }
 
 /// Configuration of the gate controllers of a whole network.
+///
+/// The Gumbel temperature and the inference threshold are not part of it: a forward pass hands
+/// them in ([`GateOptions`]), from a temperature schedule in training or a run-time threshold.
 #[derive(Config, Debug)]
 pub struct ControllerConfig {
     /// Width `d` of the embedding and of the recurrent state.
@@ -84,12 +93,6 @@ pub struct ControllerConfig {
     /// Whether auxiliary category heads predict the class from the controller state.
     #[config(default = true)]
     pub category_head: bool,
-    /// Gumbel temperature used in training.
-    #[config(default = 1.0)]
-    pub temperature: f64,
-    /// On-probability above which a path runs at inference.
-    #[config(default = 0.5)]
-    pub threshold: f64,
     /// Initial bias of the `(off, on)` logits; `(0.1, 2.0)` opens a path ~87 % of the time.
     #[config(default = "[0.1, 2.0]")]
     pub logit_bias: [f64; 2],
@@ -113,16 +116,6 @@ impl ControllerConfig {
     ) -> Controller<B> {
         assert!(self.hidden_size > 0, "controller hidden_size=0 must be positive");
         assert!(num_paths > 0, "controller num_paths=0 must be positive");
-        assert!(
-            self.temperature.is_finite() && self.temperature > 0.0,
-            "controller temperature={} must be a positive finite number",
-            self.temperature
-        );
-        assert!(
-            (0.0..1.0).contains(&self.threshold),
-            "controller threshold={} must lie in [0, 1)",
-            self.threshold
-        );
         let d = self.hidden_size;
         let blocks = blocks
             .iter()
@@ -141,33 +134,20 @@ impl ControllerConfig {
                 }
             })
             .collect();
-        let gru = (self.prev_state == PrevState::Gru).then(|| GruConfig::new(d, d, true).init(device));
-        let lstm =
-            (self.prev_state == PrevState::Lstm).then(|| LstmConfig::new(d, d, true).init(device));
-        Controller {
-            blocks,
-            gru,
-            lstm,
-            num_paths,
-            temperature: self.temperature,
-            threshold: self.threshold,
-        }
+        let recurrent = match self.prev_state {
+            PrevState::None => None,
+            PrevState::Gru => Some(RecurrentCell::Gru(GruConfig::new(d, d, true).init(device))),
+            PrevState::Lstm => Some(RecurrentCell::Lstm(LstmConfig::new(d, d, true).init(device))),
+        };
+        Controller { blocks, recurrent, num_paths }
     }
 
     fn init_logit_layer<B: Backend>(&self, num_paths: usize, device: &B::Device) -> Linear<B> {
         let mut layer = LinearConfig::new(self.hidden_size, 2 * num_paths)
-            .with_initializer(Initializer::Normal {
-                mean: 0.0,
-                std: self.logit_weight_std,
-            })
+            .with_initializer(Initializer::Normal { mean: 0.0, std: self.logit_weight_std })
             .init(device);
-        let bias: Vec<f32> = (0..num_paths)
-            .flat_map(|_| self.logit_bias.map(|b| b as f32))
-            .collect();
-        layer.bias = Some(Param::from_tensor(Tensor::from_data(
-            TensorData::new(bias, [2 * num_paths]),
-            device,
-        )));
+        let bias: Vec<f32> = (0..num_paths).flat_map(|_| self.logit_bias.map(|b| b as f32)).collect();
+        layer.bias = Some(Param::from_tensor(Tensor::from_data(TensorData::new(bias, [2 * num_paths]), device)));
         layer
     }
 
@@ -221,22 +201,26 @@ pub struct BlockController<B: Backend> {
     pub aux_head: Option<Linear<B>>,
 }
 
+/// The recurrent cell the controllers of a network share ([`PrevState::Gru`] or
+/// [`PrevState::Lstm`]).
+#[derive(Module, Debug)]
+pub enum RecurrentCell<B: Backend> {
+    /// A GRU cell.
+    Gru(Gru<B>),
+    /// An LSTM cell.
+    Lstm(Lstm<B>),
+}
+
 /// The gate controllers of a network: one [`BlockController`] per gated block and the recurrent
 /// cell they share.
 #[derive(Module, Debug)]
 pub struct Controller<B: Backend> {
     /// Per-block controllers, in network order.
     pub blocks: Vec<BlockController<B>>,
-    /// Shared GRU cell when `prev_state = gru`.
-    pub gru: Option<Gru<B>>,
-    /// Shared LSTM cell when `prev_state = lstm`.
-    pub lstm: Option<Lstm<B>>,
+    /// The shared recurrent cell; `None` with [`PrevState::None`].
+    pub recurrent: Option<RecurrentCell<B>>,
     /// Paths per block.
     pub num_paths: usize,
-    /// Gumbel temperature used in training.
-    pub temperature: f64,
-    /// On-probability threshold used at inference.
-    pub threshold: f64,
 }
 
 /// Global average pooling: `[batch_size, channels, height, width]` to `[batch_size, channels]`.
@@ -255,10 +239,7 @@ pub struct ControllerState<B: Backend> {
 impl<B: Backend> Default for ControllerState<B> {
     /// The state before the first block: zeros.
     fn default() -> Self {
-        Self {
-            hidden: None,
-            cell: None,
-        }
+        Self { hidden: None, cell: None }
     }
 }
 
@@ -287,6 +268,15 @@ impl<B: Backend> Controller<B> {
         self.blocks.len()
     }
 
+    /// How the state is handed from block to block.
+    pub fn prev_state(&self) -> PrevState {
+        match &self.recurrent {
+            None => PrevState::None,
+            Some(RecurrentCell::Gru(_)) => PrevState::Gru,
+            Some(RecurrentCell::Lstm(_)) => PrevState::Lstm,
+        }
+    }
+
     /// Runs the controller of block `block` on the block's input.
     ///
     /// # Shapes
@@ -295,12 +285,7 @@ impl<B: Backend> Controller<B> {
     ///
     /// # Panics
     /// If `block` is out of range.
-    pub fn forward(
-        &self,
-        block: usize,
-        input: Tensor<B, 4>,
-        state: ControllerState<B>,
-    ) -> ControllerOutput<B> {
+    pub fn forward(&self, block: usize, input: Tensor<B, 4>, state: ControllerState<B>) -> ControllerOutput<B> {
         self.forward_pooled(block, global_avg_pool(input), state)
     }
 
@@ -313,115 +298,60 @@ impl<B: Backend> Controller<B> {
     ///
     /// # Panics
     /// If `block` is out of range.
-    pub fn forward_pooled(
-        &self,
-        block: usize,
-        pooled: Tensor<B, 2>,
-        state: ControllerState<B>,
-    ) -> ControllerOutput<B> {
+    pub fn forward_pooled(&self, block: usize, pooled: Tensor<B, 2>, state: ControllerState<B>) -> ControllerOutput<B> {
         let ctrl = self.blocks.get(block).unwrap_or_else(|| {
-            panic!(
-                "controller block index {block} out of range: the network has {} gated blocks",
-                self.blocks.len()
-            )
+            panic!("controller block index {block} out of range: the network has {} gated blocks", self.blocks.len())
         });
         let [batch_size, _] = pooled.dims();
         let embedding = relu(ctrl.embed_norm.forward(ctrl.embed.forward(pooled))); // [B, d]
         let state = self.recur(embedding, state);
         let hidden = state.hidden.clone().expect("recur always sets the hidden state");
-        let logits = ctrl
-            .gate_logits
-            .forward(hidden.clone())
-            .reshape([batch_size, self.num_paths, 2]); // [B, N, (off, on)]
+        let logits = ctrl.gate_logits.forward(hidden.clone()).reshape([batch_size, self.num_paths, 2]); // [B, N, (off, on)]
         // the category heads only serve the training loss
-        let aux_logits = ctrl
-            .aux_head
-            .as_ref()
-            .filter(|_| B::ad_enabled(&hidden.device()))
-            .map(|head| head.forward(hidden));
-        ControllerOutput {
-            logits,
-            aux_logits,
-            state,
-        }
+        let aux_logits =
+            ctrl.aux_head.as_ref().filter(|_| B::ad_enabled(&hidden.device())).map(|head| head.forward(hidden));
+        ControllerOutput { logits, aux_logits, state }
     }
 
     fn recur(&self, embedding: Tensor<B, 2>, state: ControllerState<B>) -> ControllerState<B> {
-        if let Some(gru) = &self.gru {
-            let h = gru
-                .forward(embedding.unsqueeze_dim(1), state.hidden)
-                .squeeze_dim::<2>(1); // [B, d]
-            ControllerState {
-                hidden: Some(h),
-                cell: None,
+        match &self.recurrent {
+            Some(RecurrentCell::Gru(gru)) => {
+                let h = gru.forward(embedding.unsqueeze_dim(1), state.hidden).squeeze_dim::<2>(1); // [B, d]
+                ControllerState { hidden: Some(h), cell: None }
             }
-        } else if let Some(lstm) = &self.lstm {
-            let prev = match (state.cell, state.hidden) {
-                (Some(c), Some(h)) => Some(LstmState::new(c, h)),
-                _ => None,
-            };
-            let (_, next) = lstm.forward(embedding.unsqueeze_dim(1), prev);
-            ControllerState {
-                hidden: Some(next.hidden),
-                cell: Some(next.cell),
+            Some(RecurrentCell::Lstm(lstm)) => {
+                let prev = match (state.cell, state.hidden) {
+                    (Some(c), Some(h)) => Some(LstmState::new(c, h)),
+                    _ => None,
+                };
+                let (_, next) = lstm.forward(embedding.unsqueeze_dim(1), prev);
+                ControllerState { hidden: Some(next.hidden), cell: Some(next.cell) }
             }
-        } else {
-            ControllerState {
-                hidden: Some(embedding),
-                cell: None,
-            }
+            None => ControllerState { hidden: Some(embedding), cell: None },
         }
     }
 
     /// Turns logits into 0/1 gates. With autodiff (training) this is the straight-through Gumbel
-    /// gate at [`Controller::temperature`], with `noise` if given and fresh Gumbel noise otherwise;
-    /// without autodiff it is the deterministic threshold gate and `noise` is ignored.
+    /// gate at `options.temperature()`, with `noise` if given and fresh Gumbel noise otherwise;
+    /// without autodiff it is the deterministic gate at `options.threshold()` and `noise` is
+    /// ignored.
     ///
     /// # Shapes
     /// - `logits`, `noise`: `[batch_size, num_paths, 2]`
     /// - output: `[batch_size, num_paths]`
-    pub fn gates(&self, logits: Tensor<B, 3>, noise: Option<Tensor<B, 3>>) -> Tensor<B, 2> {
-        self.gates_at(logits, noise, self.temperature)
-    }
-
-    /// [`Controller::gates`] at another training temperature (a schedule's current value).
-    pub fn gates_at(&self, logits: Tensor<B, 3>, noise: Option<Tensor<B, 3>>, temperature: f64) -> Tensor<B, 2> {
+    pub fn gates(&self, logits: Tensor<B, 3>, noise: Option<Tensor<B, 3>>, options: GateOptions) -> Tensor<B, 2> {
         let device = logits.device();
         if B::ad_enabled(&device) {
             let noise = noise.unwrap_or_else(|| gumbel_noise(logits.dims(), &device));
-            gumbel_straight_through(logits, noise, temperature)
+            gumbel_straight_through(logits, noise, options.temperature())
         } else {
-            deterministic_gates(logits, self.threshold)
+            deterministic_gates(logits, options.threshold())
         }
-    }
-
-    /// Returns the controller with another training temperature (for schedules).
-    pub fn with_temperature(mut self, temperature: f64) -> Self {
-        assert!(
-            temperature.is_finite() && temperature > 0.0,
-            "temperature={temperature} must be a positive finite number"
-        );
-        self.temperature = temperature;
-        self
-    }
-
-    /// Returns the controller with another inference threshold.
-    pub fn with_threshold(mut self, threshold: f64) -> Self {
-        assert!(
-            (0.0..1.0).contains(&threshold),
-            "gate threshold={threshold} must lie in [0, 1)"
-        );
-        self.threshold = threshold;
-        self
     }
 
     /// Parameters of the auxiliary heads (training only).
     pub fn aux_param_count(&self) -> usize {
-        self.blocks
-            .iter()
-            .filter_map(|b| b.aux_head.as_ref())
-            .map(param_count)
-            .sum()
+        self.blocks.iter().filter_map(|b| b.aux_head.as_ref()).map(param_count).sum()
     }
 
     /// Parameters used at inference: everything but the auxiliary heads.
@@ -503,7 +433,7 @@ mod tests {
         let ctrl = ControllerConfig::new().init::<B>(&specs(), 2, 10, &device);
         let x = Tensor::<B, 4>::random([64, 8, 4, 4], Distribution::Default, &device);
         let out = ctrl.forward(0, x, ControllerState::default());
-        let on = ctrl.gates(out.logits, None).mean().into_scalar();
+        let on = ctrl.gates(out.logits, None, GateOptions::default()).mean().into_scalar();
         assert!(on > 0.99, "deterministic gates should start open, got open rate {on}");
     }
 
@@ -513,21 +443,21 @@ mod tests {
         let x = Tensor::<AD, 4>::random([256, 8, 2, 2], Distribution::Default, &device);
         let ctrl = ControllerConfig::new().init::<AD>(&specs(), 2, 10, &device);
         let out = ctrl.forward(0, x.clone(), ControllerState::default());
-        let rate = ctrl.gates(out.logits, None).mean().into_scalar();
+        let rate = ctrl.gates(out.logits, None, GateOptions::default()).mean().into_scalar();
         // sigmoid(2.0 - 0.1) = 0.87: the Gumbel gate opens most paths, but not all
         assert!((0.75..0.97).contains(&rate), "training open rate {rate}");
 
         let ctrl = ctrl.valid();
         let x = x.inner();
-        let g1 = ctrl.gates(ctrl.forward(0, x.clone(), ControllerState::default()).logits, None);
-        let g2 = ctrl.gates(ctrl.forward(0, x, ControllerState::default()).logits, None);
+        let g1 = ctrl.gates(ctrl.forward(0, x.clone(), ControllerState::default()).logits, None, GateOptions::default());
+        let g2 = ctrl.gates(ctrl.forward(0, x, ControllerState::default()).logits, None, GateOptions::default());
         g1.into_data().assert_eq(&g2.into_data(), true);
     }
 
     #[test]
     fn prev_state_parses() {
         assert_eq!("GRU".parse::<PrevState>(), Ok(PrevState::Gru));
-        assert!("rnn".parse::<PrevState>().unwrap_err().contains("'rnn'"));
+        assert!("rnn".parse::<PrevState>().unwrap_err().to_string().contains("'rnn'"));
     }
 
     #[test]

@@ -9,10 +9,62 @@ use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Distribution, Tensor};
 
+use crate::GateError;
+
 /// Index of the "off" logit in the last dimension of the gate logits.
 pub const OFF: usize = 0;
 /// Index of the "on" logit in the last dimension of the gate logits.
 pub const ON: usize = 1;
+
+/// How one forward pass turns gate logits into gates: the Gumbel temperature under autodiff
+/// (training), the on-probability threshold without (inference). A pass hands them in (a
+/// temperature schedule, a run-time threshold); the controllers keep neither.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct GateOptions {
+    temperature: f64,
+    threshold: f64,
+}
+
+impl Default for GateOptions {
+    /// Temperature 1 and threshold 0.5 (`on > off`).
+    fn default() -> Self {
+        Self { temperature: 1.0, threshold: 0.5 }
+    }
+}
+
+impl GateOptions {
+    /// Options with this training temperature.
+    ///
+    /// # Errors
+    /// If `temperature` is not a positive finite number.
+    pub fn with_temperature(self, temperature: f64) -> Result<Self, GateError> {
+        if !(temperature.is_finite() && temperature > 0.0) {
+            return Err(GateError::Temperature(temperature));
+        }
+        Ok(Self { temperature, ..self })
+    }
+
+    /// Options with this inference threshold.
+    ///
+    /// # Errors
+    /// If `threshold` is outside `[0, 1)`.
+    pub fn with_threshold(self, threshold: f64) -> Result<Self, GateError> {
+        if !(0.0..1.0).contains(&threshold) {
+            return Err(GateError::Threshold(threshold));
+        }
+        Ok(Self { threshold, ..self })
+    }
+
+    /// The Gumbel temperature of training.
+    pub fn temperature(&self) -> f64 {
+        self.temperature
+    }
+
+    /// The on-probability above which a path runs at inference.
+    pub fn threshold(&self) -> f64 {
+        self.threshold
+    }
+}
 
 /// Draws standard Gumbel noise `-ln(-ln(u))`, `u ~ U(0, 1)`, of the given shape.
 ///
@@ -45,10 +97,9 @@ pub fn gumbel_straight_through<B: Backend>(
     noise: Tensor<B, 3>,
     temperature: f64,
 ) -> Tensor<B, 2> {
-    assert!(
-        temperature.is_finite() && temperature > 0.0,
-        "temperature={temperature} must be a positive finite number"
-    );
+    if let Err(e) = GateOptions::default().with_temperature(temperature) {
+        panic!("{e}");
+    }
     assert_eq!(
         logits.dims(),
         noise.dims(),
@@ -79,10 +130,9 @@ pub fn gumbel_straight_through<B: Backend>(
 /// # Panics
 /// If `threshold` is outside `[0, 1)`.
 pub fn deterministic_gates<B: Backend>(logits: Tensor<B, 3>, threshold: f64) -> Tensor<B, 2> {
-    assert!(
-        (0.0..1.0).contains(&threshold),
-        "gate threshold={threshold} must lie in [0, 1)"
-    );
+    if let Err(e) = GateOptions::default().with_threshold(threshold) {
+        panic!("{e}");
+    }
     let [batch_size, num_paths, two] = logits.dims();
     assert_eq!(two, 2, "gate logits must end in (off, on); got {two} logits per path");
     // softmax_on > t  <=>  sigmoid(on - off) > t  <=>  on - off > logit(t)
@@ -202,6 +252,16 @@ mod tests {
         let device = Default::default();
         let z = logits::<B>(&device);
         let _ = gumbel_straight_through(z.clone(), z.zeros_like(), 0.0);
+    }
+
+    #[test]
+    fn options_name_bad_values() {
+        let options = GateOptions::default();
+        assert_eq!(options.with_threshold(1.5).unwrap_err().to_string(), "gate threshold=1.5 must lie in [0, 1)");
+        assert!(options.with_threshold(f64::NAN).is_err());
+        assert!(options.with_temperature(-1.0).is_err());
+        let set = options.with_temperature(0.5).unwrap().with_threshold(0.7).unwrap();
+        assert_eq!((set.temperature(), set.threshold()), (0.5, 0.7));
     }
 
     #[test]

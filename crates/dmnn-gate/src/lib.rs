@@ -8,6 +8,7 @@
 //!   ([`PrevState`]: none, GRU or LSTM), with optional auxiliary category heads.
 //! - [`gumbel_straight_through`]: hard 0/1 gates forward, soft gradient backward, with the noise
 //!   and the temperature as arguments; [`deterministic_gates`] for inference.
+//! - [`GateOptions`]: the temperature and threshold a forward pass hands in.
 //! - [`TemperatureSchedule`]: constant, linear or exponential temperature over training.
 //!
 //! Everything is generic over `B: Backend`; training or inference behaviour follows the backend
@@ -15,11 +16,13 @@
 #![warn(missing_docs)]
 
 mod controller;
+mod error;
 mod gumbel;
 mod params;
 mod schedule;
 
 pub use controller::*;
+pub use error::GateError;
 pub use gumbel::*;
 pub use params::param_count;
 pub use schedule::*;

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::GateError;
+
 /// How the Gumbel temperature moves over training.
 ///
 /// `progress` runs from 0 (first step) to 1 (last step). A constant temperature of 1 is the
@@ -49,14 +51,17 @@ impl TemperatureSchedule {
     }
 
     /// Checks that every temperature the schedule can produce is positive and finite.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// The first endpoint that is not.
+    pub fn validate(&self) -> Result<(), GateError> {
         let (a, b) = match *self {
             Self::Constant { temperature } => (temperature, temperature),
             Self::Linear { start, end } | Self::Exponential { start, end } => (start, end),
         };
         for t in [a, b] {
             if !(t.is_finite() && t > 0.0) {
-                return Err(format!("temperature schedule {self:?}: temperature={t} must be positive"));
+                return Err(GateError::Temperature(t));
             }
         }
         Ok(())

@@ -144,6 +144,11 @@ impl Metric for DmnnMetric {
         self.sum += value * weight;
         self.sum_sq += sum_sq;
         self.count += weight;
+        // the batch value of the standard deviation is the batch's own, not its mean
+        let value = match self.kind {
+            MetricKind::GmacsStd => (sum_sq / n - value * value).max(0.0).sqrt(),
+            _ => value,
+        };
         self.current = value;
         self.current_count = s.batch_size;
         let running = self.running();
@@ -262,5 +267,18 @@ mod tests {
         assert_eq!(summary.gmacs(), (2.0, 1.0));
         assert_eq!(summary.macs_ratio(), 0.5);
         assert_eq!(summary.block_rates(), vec![0.5, 1.0]);
+    }
+
+    /// The batch value of `gmacs_std` (what Burn's terminal UI shows as "batch") is the batch's
+    /// standard deviation, not its mean.
+    #[test]
+    fn gmacs_std_batch_value_is_the_batch_std() {
+        let meta = MetricMetadata { progress: Progress::new(1, 1), global_progress: Progress::new(1, 1), iteration: Some(1), lr: None };
+        let mut std = DmnnMetric::new(MetricKind::GmacsStd);
+        std.update(&stats(vec![1e9, 3e9], 1), &meta);
+        assert!((std.value().current() - 1.0).abs() < 1e-9, "{}", std.value().current());
+        let mut mean = DmnnMetric::new(MetricKind::GmacsMean);
+        mean.update(&stats(vec![1e9, 3e9], 1), &meta);
+        assert!((mean.value().current() - 2.0).abs() < 1e-9);
     }
 }

@@ -2,7 +2,7 @@
 //! objective and implements `TrainStep` / `InferenceStep`; [`StepOutput`] is what every metric
 //! reads.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
@@ -13,17 +13,16 @@ use burn::tensor::{Int, Tensor, TensorData};
 use burn::train::metric::ItemLazy;
 use burn::train::{InferenceStep, Interrupter, TrainOutput, TrainStep};
 use dmnn_core::gate::TemperatureSchedule;
-use dmnn_core::{Dmnn, ForwardOptions};
+use dmnn_core::{Dmnn, ForwardOptions, ObjectiveConfig};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::data::ClassificationBatch;
-use crate::objective::ObjectiveConfig;
 
-/// Training state shared by every clone of the model: the step counter (for the temperature
-/// schedule and error messages) and the non-finite-loss guard.
+/// Training state shared by every clone of the model: the run's length (for the temperature
+/// schedule) and the non-finite-loss guard. The step itself comes with every batch
+/// ([`ClassificationBatch::step`]), from the data order of `(seed, epoch)`.
 pub struct TrainProgress {
-    step: AtomicUsize,
     total_steps: usize,
     steps_per_epoch: usize,
     stopped_at: Mutex<Option<(usize, f64)>>,
@@ -33,16 +32,14 @@ pub struct TrainProgress {
 
 impl core::fmt::Debug for TrainProgress {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "TrainProgress(step {} of {})", self.step(), self.total_steps)
+        write!(f, "TrainProgress({} steps)", self.total_steps)
     }
 }
 
 impl TrainProgress {
-    /// Progress of a run of `total_steps` iterations, `steps_per_epoch` per epoch, starting at
-    /// iteration `start_step` (non-zero when resuming).
-    pub fn new(total_steps: usize, steps_per_epoch: usize, start_step: usize) -> Arc<Self> {
+    /// Progress of a run of `total_steps` iterations, `steps_per_epoch` per epoch.
+    pub fn new(total_steps: usize, steps_per_epoch: usize) -> Arc<Self> {
         Arc::new(Self {
-            step: AtomicUsize::new(start_step),
             total_steps: total_steps.max(1),
             steps_per_epoch: steps_per_epoch.max(1),
             stopped_at: Mutex::new(None),
@@ -56,9 +53,10 @@ impl TrainProgress {
         *self.interrupter.lock().unwrap() = Some(interrupter);
     }
 
-    /// Iterations done.
-    pub fn step(&self) -> usize {
-        self.step.load(Ordering::SeqCst)
+    /// Where in the run step `step` (1-based) is, in `(0, 1]`: what the temperature schedule
+    /// reads.
+    pub fn fraction(&self, step: usize) -> f64 {
+        step as f64 / self.total_steps as f64
     }
 
     /// The 1-based step and the loss value at which training stopped on a non-finite loss.
@@ -210,7 +208,7 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for DecayWeights<'_, B> {
 impl<B: Backend> DmnnClassifier<B> {
     /// A classifier that only evaluates (no weight decay, constant temperature, no schedule).
     pub fn for_inference(model: Dmnn<B>, objective: ObjectiveConfig) -> Self {
-        Self { model, objective, weight_decay: 0.0, temperature: Default::default(), progress: TrainProgress::new(1, 1, 0) }
+        Self { model, objective, weight_decay: 0.0, temperature: Default::default(), progress: TrainProgress::new(1, 1) }
     }
 
     /// The step output of a forward pass (loss terms, predictions, executed MACs).
@@ -247,12 +245,12 @@ impl<B: AutodiffBackend> TrainStep for DmnnClassifier<B> {
     type Output = StepOutput<B>;
 
     fn step(&self, batch: ClassificationBatch<B>) -> TrainOutput<StepOutput<B>> {
-        let step = self.progress.step.fetch_add(1, Ordering::SeqCst) + 1;
-        let progress = step as f64 / self.progress.total_steps as f64;
+        let step = batch.step + 1;
         let [batch_size, ..] = batch.images.dims();
         let device = batch.images.device();
         let noise = batch_noise(batch.seed, self.model.num_blocks(), batch_size, self.model.config.num_paths, &device);
-        let options = ForwardOptions::default().with_noise(noise).with_temperature(self.temperature.at(progress));
+        let temperature = self.temperature.at(self.progress.fraction(step));
+        let options = ForwardOptions::default().with_noise(noise).with_temperature(temperature);
         let out = self.model.forward_with(batch.images, options);
         let (output, loss) = self.output(out, batch.targets);
         let value = loss.clone().into_scalar().to_f64();

@@ -1,33 +1,31 @@
-//! The training driver: data, model, Burn's `SupervisedTraining`, checkpoints, resume, final
-//! evaluation and the summary.
+//! The training driver, in three steps: [`prepare`] (data, run directory, loaders, the checkpoint
+//! to resume from), [`launch`] (the model, the optimiser and schedule, Burn's
+//! `SupervisedTraining`), [`finish`] (the final model, the test evaluation, the summary).
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
-use burn::data::dataloader::DataLoader;
+use burn::grad_clipping::GradientClippingConfig;
 use burn::module::{AutodiffModule, Module};
 use burn::optim::momentum::MomentumConfig;
-use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::SgdConfig;
 use burn::record::Recorder;
-use burn::tensor::backend::{AutodiffBackend, Backend};
+use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::renderer::MetricsRenderer;
-use burn::train::metric::ItemLazy;
 use burn::train::{Learner, SupervisedTraining};
 use dmnn_core::{Dmnn, ExecutionMode, ForwardOptions};
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DataConfig, TrainConfig};
-use crate::data::{
-    fashion_mnist, EpochLoader, ImageFolder, ImageSource, LoaderConfig, SkippedSamples, Split,
-    ValLabels,
-};
-use crate::metrics::{DmnnMetric, EvalSummary};
-use crate::run::{timestamp, write_atomic, AtomicRecorder, EpochTable, PlainRenderer, RunLog};
+use crate::config::TrainConfig;
+use crate::data::{EpochLoader, ImageSource, LoaderConfig, SkippedSamples, Split};
+use crate::error::{Result, TrainError};
+use crate::eval::{evaluate, recalibrate_bn};
+use crate::init::initial_weights;
+use crate::metrics::DmnnMetric;
+use crate::run::{timestamp, write_atomic, AtomicRecorder, BoxedRenderer, EpochTable, PlainRenderer, RunDir, RunLog};
 use crate::schedule::WarmupSchedule;
 use crate::step::{DmnnClassifier, TrainProgress};
 
@@ -77,138 +75,151 @@ pub struct RunOptions {
     pub backend: String,
 }
 
-/// Loads a split of the configured dataset.
-pub fn load_split(data: &DataConfig, split: Split) -> Result<Arc<dyn ImageSource>, crate::data::DataError> {
-    Ok(match data {
-        DataConfig::FashionMnist { dir, augment } => Arc::new(fashion_mnist(dir, split)?.with_augment(*augment)),
-        DataConfig::Cifar { dir } => Arc::new(crate::data::cifar(dir, split)?),
-        DataConfig::ImageNet { dir, image_size, val_labels, val_synsets } => {
-            let labels = ValLabels { file: val_labels.clone(), synsets: val_synsets.clone() };
-            Arc::new(ImageFolder::imagenet(dir, split, *image_size, &labels)?)
-        }
-    })
+/// A run ready to train: what [`prepare`] found and made.
+pub struct Prepared<B: AutodiffBackend> {
+    /// The configuration.
+    pub config: TrainConfig,
+    /// The run directory.
+    pub dir: RunDir,
+    /// The log.
+    pub log: RunLog,
+    /// The training split.
+    pub train_source: Arc<dyn ImageSource>,
+    /// The test split (validation every epoch, and the final evaluation).
+    pub test_source: Arc<dyn ImageSource>,
+    /// The training loader, set to the epoch to resume from.
+    pub train_loader: EpochLoader<B>,
+    /// The validation loader.
+    pub valid_loader: EpochLoader<B::InnerBackend>,
+    /// The checkpoint to resume from, if any.
+    pub checkpoint: Option<usize>,
+    /// Burn's terminal UI instead of plain lines.
+    pub interactive: bool,
+    /// The device.
+    pub device: B::Device,
+    start: Instant,
+    backend: String,
 }
 
+/// Checks that a split has the classes and channels of the model.
 fn check_data(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Result<()> {
     let path = config.data.path().display();
     if source.num_classes() != config.model.num_classes {
-        bail!(
+        return Err(TrainError::Config(format!(
             "{what} data at {path} has {} classes but model '{}' has num_classes={}",
             source.num_classes(),
             config.model.name,
             config.model.num_classes
-        );
+        )));
     }
     let [c, ..] = source.image_shape();
     if c != config.model.in_channels {
-        bail!("{what} data at {path} has {c}-channel images but model '{}' expects in_channels={}", config.model.name, config.model.in_channels);
+        return Err(TrainError::Config(format!(
+            "{what} data at {path} has {c}-channel images but model '{}' expects in_channels={}",
+            config.model.name, config.model.in_channels
+        )));
     }
     Ok(())
 }
 
-/// Evaluates a network on a loader in the given execution mode (`Auto`: sparse without autodiff).
-pub fn evaluate<B: Backend>(model: &Dmnn<B>, loader: &EpochLoader<B>, mode: ExecutionMode) -> EvalSummary {
-    let classifier = DmnnClassifier::for_inference(model.clone(), crate::objective::ObjectiveConfig::new());
-    let mut summary = EvalSummary::default();
-    for batch in loader.iter() {
-        let out = model.forward_with(batch.images, ForwardOptions::mode(mode));
-        summary.add(&classifier.output_of(out, batch.targets).sync());
-    }
-    summary
+/// The loader settings of a configuration: `(training, evaluation)`.
+pub fn loader_configs(config: &TrainConfig) -> (LoaderConfig, LoaderConfig) {
+    let mut train = LoaderConfig::train(config.batch_size, config.seed);
+    train.max_batches = config.max_steps_per_epoch;
+    train.workers = config.workers;
+    let mut eval = LoaderConfig::eval(config.eval_batch_size);
+    eval.max_batches = config.max_eval_batches;
+    eval.workers = config.workers;
+    (train, eval)
 }
 
-/// BN recalibration (DESIGN §7): after masked training every path's batch norms have seen every
-/// sample, also those the path does not serve at inference. Re-estimates the running statistics
-/// by running `batches` training batches in sparse mode with the inference gates, so each path's
-/// batch norms see exactly the samples it serves.
-pub fn recalibrate_bn<B: AutodiffBackend>(model: Dmnn<B>, loader: &EpochLoader<B>, batches: usize) -> Dmnn<B> {
-    for batch in loader.iter().take(batches) {
-        let gates = model.valid().forward(batch.images.clone().inner()).gates;
-        let gates = gates.into_iter().map(burn::tensor::Tensor::from_inner).collect();
-        let _ = model.forward_with(batch.images, ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates));
-    }
-    model
-}
-
-/// Finds the latest epoch whose model, optimiser and scheduler checkpoints all exist.
-fn latest_checkpoint(dir: &Path) -> Option<usize> {
-    let ckpt = dir.join("checkpoint");
-    let entries = std::fs::read_dir(&ckpt).ok()?;
-    let mut epochs: Vec<usize> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_prefix("model-")?.strip_suffix(".mpk")?.parse().ok()
-        })
-        .filter(|k| ["optim", "scheduler"].iter().all(|n| ckpt.join(format!("{n}-{k}.mpk")).is_file()))
-        .collect();
-    epochs.sort();
-    epochs.last().copied()
-}
-
-/// Trains per `config` on `device` and evaluates the result; see the module docs.
-pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options: RunOptions, resume: bool) -> Result<Summary> {
+/// Step 1: the data (an error before anything is written), the run directory and its
+/// configuration, the log, the loaders, and the checkpoint to resume from (verified).
+///
+/// # Errors
+/// Invalid settings, missing data, data that does not fit the model, a damaged checkpoint.
+pub fn prepare<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options: &RunOptions, resume: bool) -> Result<Prepared<B>> {
     let start = Instant::now();
-    config.validate().map_err(anyhow::Error::msg)?;
-    // data first: a missing path or a class mismatch is an error before anything is written
-    let train_source = load_split(&config.data, Split::Train)?;
-    let valid_source = load_split(&config.data, Split::Test)?;
+    config.validate()?;
+    let image_size = config.model.image_size;
+    let train_source = config.data.open(Split::Train, image_size)?;
+    let test_source = config.data.open(Split::Test, image_size)?;
     check_data(&config, train_source.as_ref(), "training")?;
-    check_data(&config, valid_source.as_ref(), "validation")?;
-    let run_dir = match &options.out {
+    check_data(&config, test_source.as_ref(), "validation")?;
+    let root = match &options.out {
         Some(d) => d.clone(),
         None => PathBuf::from("runs").join(format!("{}-{}", timestamp(), config.run_name())),
     };
-    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating run directory {}", run_dir.display()))?;
+    let dir = RunDir::new(root);
+    std::fs::create_dir_all(dir.root()).map_err(|e| TrainError::io(dir.root(), e))?;
     let interactive = !options.plain && std::io::stdout().is_terminal();
-    let log = RunLog::open(&run_dir.join("train.log"), interactive).context("opening train.log")?;
-
-    let config_json = serde_json::to_string_pretty(&config)?;
+    let log = RunLog::open(&dir.log(), interactive).map_err(|e| TrainError::io(&dir.log(), e))?;
     if !resume {
-        write_atomic(&run_dir.join("config.json"), config_json.as_bytes())?;
+        let json = serde_json::to_string_pretty(&config)?;
+        write_atomic(&dir.config(), json.as_bytes()).map_err(|e| TrainError::io(&dir.config(), e))?;
     }
-    log.line(&format!("dmnn train: model {} on {} ({} backend), run directory {}", config.model.name, train_source.describe(), options.backend, run_dir.display()));
-    log.line(&format!("validation: {}", valid_source.describe()));
+    log.line(&format!(
+        "dmnn train: model {} on {} ({} backend), run directory {}",
+        config.model.name,
+        train_source.describe(),
+        options.backend,
+        dir.root().display()
+    ));
+    log.line(&format!("validation: {}", test_source.describe()));
 
     B::seed(&device, config.seed);
-    let mut train_loader_config = LoaderConfig::train(config.batch_size, config.seed);
-    train_loader_config.max_batches = config.max_steps_per_epoch;
-    train_loader_config.workers = config.workers;
-    let mut eval_loader_config = LoaderConfig::eval(config.eval_batch_size);
-    eval_loader_config.max_batches = config.max_eval_batches;
-    eval_loader_config.workers = config.workers;
-    let train_loader = EpochLoader::<B>::new(train_source.clone(), train_loader_config.clone(), device.clone());
-    let valid_loader = EpochLoader::<B::InnerBackend>::new(valid_source.clone(), eval_loader_config.clone(), device.clone());
-    let skipped: Vec<SkippedSamples> = vec![train_loader.skipped(), valid_loader.skipped()];
-    let steps_per_epoch = train_loader.num_batches();
+    let (train_config, eval_config) = loader_configs(&config);
+    let train_loader = EpochLoader::<B>::new(train_source.clone(), train_config, device.clone());
+    let valid_loader = EpochLoader::<B::InnerBackend>::new(test_source.clone(), eval_config, device.clone());
 
-    let checkpoint = if resume { latest_checkpoint(&run_dir) } else { None };
+    let checkpoint = if resume { dir.latest_checkpoint() } else { None };
     if let Some(k) = checkpoint {
-        validate_checkpoint::<B>(&run_dir, k, &device)?;
+        validate_checkpoint::<B>(&dir, k, &device)?;
         if k >= config.epochs {
-            log.line(&format!("run {} already finished {k} epochs; evaluating", run_dir.display()));
+            log.line(&format!("run {} already finished {k} epochs; evaluating", dir.root().display()));
         } else {
-            log.line(&format!("resuming from the checkpoint of epoch {k} in {}", run_dir.display()));
+            log.line(&format!("resuming from the checkpoint of epoch {k} in {}", dir.root().display()));
         }
         train_loader.set_epoch(k);
-        truncate_csv(&run_dir.join("metrics.csv"), k)?;
+        truncate_csv(&dir.metrics(), k)?;
     } else if resume {
-        log.line(&format!("no complete checkpoint in {}; starting from the beginning", run_dir.display()));
+        log.line(&format!("no complete checkpoint in {}; starting from the beginning", dir.root().display()));
     }
-    let start_epoch = checkpoint.unwrap_or(0);
+    Ok(Prepared {
+        config,
+        dir,
+        log,
+        train_source,
+        test_source,
+        train_loader,
+        valid_loader,
+        checkpoint,
+        interactive,
+        device,
+        start,
+        backend: options.backend.clone(),
+    })
+}
 
-    let progress = TrainProgress::new(config.epochs * steps_per_epoch, steps_per_epoch, start_epoch * steps_per_epoch);
-    let mut model = config.model.init::<B>(&device);
-    if let (Some(path), None) = (&config.initial_weights, checkpoint) {
-        let (m, note) = initial_weights(model, path, config.new_head, &device)?;
+/// Step 2: builds the model (from the initial weights when asked), the optimiser and the
+/// learning-rate schedule, and trains the remaining epochs with Burn's `SupervisedTraining`.
+/// Returns the inference network.
+///
+/// # Errors
+/// Unusable initial weights, a non-finite loss, a checkpoint that does not load.
+pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBackend>> {
+    let (config, device, log) = (&run.config, &run.device, &run.log);
+    let steps_per_epoch = run.train_loader.num_batches();
+    let start_epoch = run.checkpoint.unwrap_or(0);
+    let progress = TrainProgress::new(config.epochs * steps_per_epoch, steps_per_epoch);
+    let mut model = config.model.try_init::<B>(device)?;
+    if let (Some(path), None) = (&config.initial_weights, run.checkpoint) {
+        let (m, note) = initial_weights(model, path, config.new_head, device)?;
         model = m;
         log.line(&note);
     }
     let cost = config.model.cost([config.model.image_size; 2]);
-    let image_size = {
-        let [_, h, w] = train_source.image_shape();
-        [h, w]
-    };
+    let image_size = image_size(run.train_source.as_ref());
     let cost_here = config.model.cost(image_size);
     log.line(&format!(
         "{}: {:.3} M params (+{:.3} M auxiliary heads), {:.4} GMACs with every path on at {}x{} px (MACs: multiply-accumulates, the paper's FLOPs)",
@@ -226,9 +237,15 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
         temperature: config.temperature,
         progress: progress.clone(),
     };
-    let mut sgd = SgdConfig::new().with_momentum(Some(
-        MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.nesterov),
-    ));
+    if start_epoch >= config.epochs {
+        let path = run.dir.checkpoint("model", start_epoch);
+        let record = AtomicRecorder
+            .load::<<DmnnClassifier<B> as Module<B>>::Record>(path.clone(), device)
+            .map_err(|e| TrainError::record(&path.with_extension("mpk"), e))?;
+        return Ok(classifier.load_record(record).model.valid());
+    }
+    let momentum = MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.nesterov);
+    let mut sgd = SgdConfig::new().with_momentum(Some(momentum));
     if let Some(clip) = config.grad_clip {
         sgd = sgd.with_gradient_clipping(Some(GradientClippingConfig::Norm(clip as f32)));
     }
@@ -242,59 +259,61 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
         iteration: 0,
     };
 
-    let table = EpochTable::new(run_dir.join("metrics.csv"));
-    let mut training = SupervisedTraining::new(&run_dir, Arc::new(train_loader), Arc::new(valid_loader))
-        .with_file_checkpointer(AtomicRecorder::default())
+    let train_loader = Arc::new(run.train_loader.clone_loader());
+    let valid_loader = Arc::new(run.valid_loader.clone_loader());
+    let mut training = SupervisedTraining::new(run.dir.root(), train_loader, valid_loader)
+        .with_file_checkpointer(AtomicRecorder)
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
-        .with_metric_logger(table.clone())
+        .with_metric_logger(EpochTable::new(run.dir.metrics()))
         .num_epochs(config.epochs);
     for metric in DmnnMetric::all(config.model.blocks().len() * usize::from(config.model.is_dynamic())) {
         training = training.metric_train_numeric(metric.clone()).metric_valid_numeric(metric);
     }
-    if !interactive {
-        training = training.renderer(PlainRenderer::new(log.clone(), config.epochs));
-    } else {
+    if run.interactive {
         let renderer: Box<dyn MetricsRenderer> = Box::new(burn::train::renderer::tui::TuiMetricsRendererWrapper::new(
             training.interrupter(),
-            checkpoint,
+            run.checkpoint,
         ));
         training = training.renderer(BoxedRenderer(renderer));
+    } else {
+        training = training.renderer(PlainRenderer::new(log.clone(), config.epochs));
     }
-    if let Some(k) = checkpoint {
+    if let Some(k) = run.checkpoint {
         training = training.checkpoint(k);
     }
     progress.set_interrupter(training.interrupter());
 
-    let trained = if start_epoch < config.epochs {
-        let result = training.launch(Learner::new(classifier, optim, scheduler));
-        if let Some((step, value)) = progress.non_finite() {
-            let last = latest_checkpoint(&run_dir);
-            let keep = match last {
-                Some(k) => format!("the last good checkpoint is epoch {k} in {}", run_dir.join("checkpoint").display()),
-                None => "no epoch finished, so there is no checkpoint".into(),
-            };
-            log.line(&format!("stopped: non-finite loss ({value}) at step {step}; {keep}"));
-            bail!("training stopped: non-finite loss ({value}) at step {step}; {keep}");
-        }
-        result.model.model
-    } else {
-        let record = AtomicRecorder::default()
-            .load::<<DmnnClassifier<B> as Module<B>>::Record>(run_dir.join("checkpoint").join(format!("model-{start_epoch}")), &device)
-            .with_context(|| format!("loading the checkpoint of epoch {start_epoch}"))?;
-        classifier.load_record(record).model.valid()
-    };
-    let record_path = run_dir.join("model");
-    Recorder::<B::InnerBackend>::record(&AtomicRecorder::default(), trained.clone().into_record(), record_path.clone())
-        .with_context(|| format!("saving {}", record_path.display()))?;
+    let result = training.launch(Learner::new(classifier, optim, scheduler));
+    if let Some((step, value)) = progress.non_finite() {
+        let checkpoint = match run.dir.latest_checkpoint() {
+            Some(k) => format!("the last good checkpoint is epoch {k} in {}", run.dir.checkpoints().display()),
+            None => "no epoch finished, so there is no checkpoint".into(),
+        };
+        log.line(&format!("stopped: non-finite loss ({value}) at step {step}; {checkpoint}"));
+        return Err(TrainError::NonFinite { step, value, checkpoint });
+    }
+    Ok(result.model.model)
+}
 
-    // final evaluation on the test split, sparse execution
-    let test_loader = EpochLoader::<B::InnerBackend>::new(valid_source.clone(), eval_loader_config.clone(), device.clone());
-    let eval = evaluate(&trained, &test_loader, ExecutionMode::Sparse);
+/// Step 3: saves the final network, evaluates it on the test split in sparse execution (and
+/// after BN recalibration when asked), and writes `summary.json`.
+///
+/// # Errors
+/// A record or summary that cannot be written.
+pub fn finish<B: AutodiffBackend>(run: Prepared<B>, trained: Dmnn<B::InnerBackend>) -> Result<Summary> {
+    let (config, device, log) = (&run.config, &run.device, &run.log);
+    let record_path = run.dir.model();
+    Recorder::<B::InnerBackend>::record(&AtomicRecorder, trained.clone().into_record(), record_path.clone())
+        .map_err(|e| TrainError::Other(format!("saving {}: {e}", record_path.with_extension("mpk").display())))?;
+
+    let (train_config, eval_config) = loader_configs(config);
+    let test_loader = EpochLoader::<B::InnerBackend>::new(run.test_source.clone(), eval_config, device.clone());
+    let eval = evaluate(&trained, &test_loader, ForwardOptions::mode(ExecutionMode::Sparse));
     let mut recalibrated = None;
     if config.recalibrate_batches > 0 && config.model.is_dynamic() {
-        let calib_loader = EpochLoader::<B>::new(train_source.clone(), train_loader_config, device.clone());
+        let calib_loader = EpochLoader::<B>::new(run.train_source.clone(), train_config, device.clone());
         let model = recalibrate_bn(trained.clone().train::<B>(), &calib_loader, config.recalibrate_batches).valid();
-        let eval_r = evaluate(&model, &test_loader, ExecutionMode::Sparse);
+        let eval_r = evaluate(&model, &test_loader, ForwardOptions::mode(ExecutionMode::Sparse));
         log.line(&format!(
             "BN recalibration ({} batches, sparse): top-1 {:.2} % -> {:.2} %",
             config.recalibrate_batches,
@@ -304,8 +323,9 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
         recalibrated = Some(eval_r.top1());
     }
     let (gmacs_mean, gmacs_std) = eval.gmacs();
-    let cost = trained.cost(image_size);
-    let skipped_images: Vec<String> = skipped.iter().flat_map(|s| s.list()).map(|e| format!("{}: {}", e.path, e.reason)).collect();
+    let cost = trained.cost(image_size(run.train_source.as_ref()));
+    let skipped: Vec<SkippedSamples> = vec![run.train_loader.skipped(), run.valid_loader.skipped()];
+    let skipped_images = skipped.iter().flat_map(|s| s.list()).map(|e| format!("{}: {}", e.path, e.reason)).collect();
     let summary = Summary {
         model: config.model.name.clone(),
         test_accuracy: eval.top1(),
@@ -318,80 +338,58 @@ pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options
         params: cost.params(),
         params_aux: cost.params_aux,
         epochs: config.epochs,
-        wall_seconds: start.elapsed().as_secs_f64(),
+        wall_seconds: run.start.elapsed().as_secs_f64(),
         test_accuracy_recalibrated: recalibrated,
         skipped_images,
-        backend: options.backend.clone(),
+        backend: run.backend.clone(),
     };
-    write_atomic(&run_dir.join("summary.json"), serde_json::to_string_pretty(&summary)?.as_bytes())?;
+    let json = serde_json::to_string_pretty(&summary)?;
+    write_atomic(&run.dir.summary(), json.as_bytes()).map_err(|e| TrainError::io(&run.dir.summary(), e))?;
     log.file_only(&serde_json::to_string(&summary)?);
     Ok(summary)
 }
 
-/// Lets a boxed renderer be handed to the builder.
-struct BoxedRenderer(Box<dyn MetricsRenderer>);
-
-impl burn::train::renderer::MetricsRendererTraining for BoxedRenderer {
-    fn update_train(&mut self, state: burn::train::renderer::MetricState) {
-        self.0.update_train(state)
-    }
-    fn update_valid(&mut self, state: burn::train::renderer::MetricState) {
-        self.0.update_valid(state)
-    }
-    fn render_train(&mut self, item: burn::train::renderer::TrainingProgress, p: Vec<burn::train::renderer::ProgressType>) {
-        self.0.render_train(item, p)
-    }
-    fn render_valid(&mut self, item: burn::train::renderer::TrainingProgress, p: Vec<burn::train::renderer::ProgressType>) {
-        self.0.render_valid(item, p)
-    }
-    fn on_train_end(&mut self, summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn core::error::Error>> {
-        self.0.on_train_end(summary)
-    }
+/// Trains per `config` on `device` and evaluates the result: [`prepare`], [`launch`],
+/// [`finish`]. Returns the summary and the run directory.
+///
+/// # Errors
+/// See the three steps.
+pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options: RunOptions, resume: bool) -> Result<(Summary, RunDir)> {
+    let run = prepare::<B>(config, device, &options, resume)?;
+    let trained = launch(&run)?;
+    let dir = run.dir.clone();
+    Ok((finish(run, trained)?, dir))
 }
 
-impl burn::train::renderer::MetricsRendererEvaluation for BoxedRenderer {
-    fn update_test(&mut self, name: burn::train::renderer::EvaluationName, state: burn::train::renderer::MetricState) {
-        self.0.update_test(name, state)
-    }
-    fn render_test(&mut self, item: burn::train::renderer::EvaluationProgress, p: Vec<burn::train::renderer::ProgressType>) {
-        self.0.render_test(item, p)
-    }
-}
-
-impl MetricsRenderer for BoxedRenderer {
-    fn manual_close(&mut self) {
-        self.0.manual_close()
-    }
-    fn register_metric(&mut self, definition: burn::train::metric::MetricDefinition) {
-        self.0.register_metric(definition)
-    }
+/// `[height, width]` of a source's images.
+fn image_size(source: &dyn ImageSource) -> [usize; 2] {
+    let [_, h, w] = source.image_shape();
+    [h, w]
 }
 
 /// Loads the three records of checkpoint `epoch` to make sure they are whole before the Learner
 /// (which panics on a bad file) gets them.
-fn validate_checkpoint<B: AutodiffBackend>(run_dir: &Path, epoch: usize, device: &B::Device) -> Result<()> {
-    let dir = run_dir.join("checkpoint");
-    let recorder = AtomicRecorder::default();
-    let damaged = |file: &str, e: burn::record::RecorderError| {
-        anyhow::anyhow!(
+fn validate_checkpoint<B: AutodiffBackend>(dir: &RunDir, epoch: usize, device: &B::Device) -> Result<()> {
+    let damaged = |name: &str, e: burn::record::RecorderError| {
+        TrainError::Other(format!(
             "checkpoint {} cannot be loaded (truncated or damaged): {e}. Remove the files of epoch {epoch} \
              in {} to resume from an earlier epoch",
-            dir.join(file).display(),
-            dir.display()
-        )
+            dir.checkpoint(name, epoch).with_extension("mpk").display(),
+            dir.checkpoints().display()
+        ))
     };
-    recorder
-        .load::<<DmnnClassifier<B> as Module<B>>::Record>(dir.join(format!("model-{epoch}")), device)
-        .map_err(|e| damaged(&format!("model-{epoch}.mpk"), e))?;
-    Recorder::<B>::load_item::<serde::de::IgnoredAny>(&recorder, &mut dir.join(format!("optim-{epoch}")))
-        .map_err(|e| damaged(&format!("optim-{epoch}.mpk"), e))?;
-    Recorder::<B>::load_item::<serde::de::IgnoredAny>(&recorder, &mut dir.join(format!("scheduler-{epoch}")))
-        .map_err(|e| damaged(&format!("scheduler-{epoch}.mpk"), e))?;
+    AtomicRecorder
+        .load::<<DmnnClassifier<B> as Module<B>>::Record>(dir.checkpoint("model", epoch), device)
+        .map_err(|e| damaged("model", e))?;
+    for name in ["optim", "scheduler"] {
+        Recorder::<B>::load_item::<serde::de::IgnoredAny>(&AtomicRecorder, &mut dir.checkpoint(name, epoch))
+            .map_err(|e| damaged(name, e))?;
+    }
     Ok(())
 }
 
 /// Keeps the header and the rows of epochs `<= epoch` of a metrics CSV.
-fn truncate_csv(path: &Path, epoch: usize) -> Result<()> {
+fn truncate_csv(path: &std::path::Path, epoch: usize) -> Result<()> {
     let Ok(text) = std::fs::read_to_string(path) else { return Ok(()) };
     let kept: Vec<&str> = text
         .lines()
@@ -399,113 +397,5 @@ fn truncate_csv(path: &Path, epoch: usize) -> Result<()> {
         .filter(|(i, line)| *i == 0 || line.split(',').next().and_then(|e| e.parse::<usize>().ok()).is_some_and(|e| e <= epoch))
         .map(|(_, l)| l)
         .collect();
-    write_atomic(path, (kept.join("\n") + "\n").as_bytes())?;
-    Ok(())
-}
-
-/// Adds to `value` every object key of `defaults` it lacks (recursively): configurations written
-/// by an older dmnn gain the settings added since, at their defaults.
-fn fill_missing(value: &mut serde_json::Value, defaults: &serde_json::Value) {
-    if let (Some(obj), Some(def)) = (value.as_object_mut(), defaults.as_object()) {
-        for (k, d) in def {
-            match obj.get_mut(k) {
-                Some(v) => fill_missing(v, d),
-                None => {
-                    obj.insert(k.clone(), d.clone());
-                }
-            }
-        }
-    }
-}
-
-/// The run directory of a finished or stopped run: its configuration.
-pub fn read_run_config(dir: &Path) -> Result<TrainConfig> {
-    let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let mut value: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
-    let defaults = serde_json::to_value(crate::cli::fashion_mnist_defaults())?;
-    let top_level: Vec<&str> = ["epochs", "batch_size", "lr", "model", "data", "objective"].to_vec();
-    if top_level.iter().any(|k| value.get(k).is_none()) {
-        bail!("{} is not a dmnn training configuration (no {})", path.display(), top_level.join("/"));
-    }
-    // fill only settings, never the model or data themselves
-    if let (Some(obj), Some(def)) = (value.as_object_mut(), defaults.as_object()) {
-        for (k, d) in def {
-            if k == "model" || k == "data" {
-                continue;
-            }
-            match obj.get_mut(k) {
-                Some(v) => fill_missing(v, d),
-                None => {
-                    obj.insert(k.clone(), d.clone());
-                }
-            }
-        }
-    }
-    serde_json::from_value(value).with_context(|| format!("{} is not a dmnn training configuration", path.display()))
-}
-
-/// Loads the inference network of a run directory (`model.mpk`, or the latest checkpoint).
-pub fn load_run_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(TrainConfig, Dmnn<B>)> {
-    if !dir.is_dir() {
-        bail!("run directory not found: {}", dir.display());
-    }
-    let config = read_run_config(dir)?;
-    let model = config.model.init::<B>(device);
-    let recorder = AtomicRecorder::default();
-    let final_path = dir.join("model.mpk");
-    let model = if final_path.is_file() {
-        let record = recorder
-            .load(dir.join("model"), device)
-            .with_context(|| format!("{} cannot be loaded (truncated or damaged)", final_path.display()))?;
-        model.load_record(record)
-    } else {
-        let epoch = latest_checkpoint(dir).with_context(|| format!("no model.mpk and no checkpoint in {}", dir.display()))?;
-        let wrapper = DmnnClassifier::for_inference(model, config.objective.clone());
-        let path = dir.join("checkpoint").join(format!("model-{epoch}"));
-        let record = recorder
-            .load(path.clone(), device)
-            .with_context(|| format!("{}.mpk cannot be loaded (truncated or damaged)", path.display()))?;
-        wrapper.load_record(record).model
-    };
-    Ok((config, model))
-}
-
-/// Loads starting weights into `model`: a run directory or `.mpk` record of dmnn, or a
-/// torchvision-format checkpoint (multi-path models are sliced from the one-path ResNet of the
-/// same configuration, see [`dmnn_core::weights::init_from_resnet`]). Returns a note for the log.
-pub fn initial_weights<B: Backend>(model: Dmnn<B>, path: &Path, new_head: bool, device: &B::Device) -> Result<(Dmnn<B>, String)> {
-    use dmnn_core::weights::{init_from_resnet, load_torchvision, ImportOptions};
-    let is_record = path.is_dir() || path.extension().is_some_and(|e| e == "mpk");
-    if is_record {
-        let file = if path.is_dir() { path.join("model.mpk") } else { path.to_path_buf() };
-        let record = AtomicRecorder::default()
-            .load(file.with_extension(""), device)
-            .with_context(|| format!("{} cannot be loaded as a dmnn model record of '{}'", file.display(), model.config.name))?;
-        return Ok((model.load_record(record), format!("initial weights: dmnn record {}", file.display())));
-    }
-    let options = ImportOptions { allow_new_head: new_head };
-    if model.config.num_paths == 1 {
-        let name = model.config.name.clone();
-        let model = load_torchvision(model, path, options)?;
-        return Ok((model, format!("initial weights: {} loaded into {name}", path.display())));
-    }
-    // a DMNN export of the same model loads directly; a ResNet is sliced into paths
-    let direct = dmnn_core::weights::read_checkpoint(path)?.keys().any(|k| k.contains(".paths.") || k.starts_with("controller."));
-    if direct {
-        let model = load_torchvision(model, path, options)?;
-        return Ok((model, format!("initial weights: dmnn export {}", path.display())));
-    }
-    let resnet = load_torchvision(model.config.source_resnet().init::<B>(device), path, options)?;
-    let (model, report) = init_from_resnet(model, &resnet);
-    let note = format!(
-        "initial weights: {} sliced from the ResNet in {}: per path {:?} channels from the ResNet, {:?} fresh; {} weights of 3x3 convolutions dropped (off-diagonal blocks)",
-        model.config.name,
-        path.display(),
-        report.shared_width,
-        report.fresh_width,
-        report.dropped_params
-    );
-    Ok((model, note))
+    write_atomic(path, (kept.join("\n") + "\n").as_bytes()).map_err(|e| TrainError::io(path, e))
 }

@@ -9,7 +9,7 @@ use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::Tensor;
 use common::*;
-use dmnn_train::train::load_run_model;
+use dmnn_train::run::load_run_model;
 
 /// Every float tensor of the model (parameters and batch-norm statistics), flattened.
 struct Collect(Vec<f32>);
@@ -137,4 +137,21 @@ fn ablation_switches_each_train() {
     let out = run(dmnn().args(quick_fashion_args(&tmp.path().join("static"), 1)).args(["--model", "resnet_small", "--prev-state", "none"]));
     assert!(!out.status.success());
     assert!(text(&out).contains("is static (no controllers)"), "{}", text(&out));
+}
+
+/// The backend seam's off-switch: `DMNN_FAST_PATHS=off` runs the benchmark with Burn's own
+/// operations everywhere, and the benchmark says so (on the terminal and in the CSV).
+#[test]
+fn the_off_switch_turns_every_fast_path_off_and_the_bench_reports_it() {
+    let tmp = TempDir::new("fast-paths-off");
+    let csv = tmp.path().join("bench.csv");
+    let out = run(dmnn().args(["bench", "--quick", "--reps", "1", "--out"]).arg(&csv).env("DMNN_FAST_PATHS", "off"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("fast paths: none"), "{}", text(&out));
+    let first = std::fs::read_to_string(&csv).unwrap().lines().next().unwrap().to_string();
+    assert!(first.starts_with('#') && first.ends_with("fast paths: none"), "{first}");
+    // and without it, the CPU backend's fast paths are named
+    let out = run(dmnn().args(["bench", "--quick", "--reps", "1", "--out"]).arg(&csv).env_remove("DMNN_FAST_PATHS"));
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("fast paths: concurrent-branches, one-image-im2col"), "{}", text(&out));
 }

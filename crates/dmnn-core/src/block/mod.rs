@@ -1,9 +1,8 @@
-//! Residual blocks split along their width into gated paths.
+//! Residual blocks split along their width into gated paths: what a block computes (DESIGN §3).
+//! How a block runs on a batch with gates is [`crate::exec`]'s.
 
-mod grouped;
 mod multi_path;
 mod path;
 
-pub use grouped::*;
 pub use multi_path::*;
 pub use path::*;

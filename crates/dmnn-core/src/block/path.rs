@@ -1,17 +1,18 @@
 //! One path of a multi-path block: a thin residual branch with its own convolutions and batch
-//! norms, so a path that is off costs nothing.
+//! norms, so a path that is off costs nothing. Follows torchvision's `BasicBlock` and
+//! `Bottleneck` (`torchvision.models.resnet`, stride on the 3x3 convolution) without the
+//! shortcut and the final ReLU.
 
 use burn::config::Config;
-use burn::module::{Initializer, Module};
-use burn::nn::conv::{Conv2d, Conv2dConfig};
-use burn::nn::PaddingConfig2d;
-
-use crate::im2col::{conv2d_im2col, im2col_applies};
-use crate::norm::{BatchNorm2d, BatchNorm2dConfig};
+use burn::module::Module;
+use burn::nn::conv::Conv2d;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
+
+use crate::backend::Kernels;
+use crate::layers::{conv_out_size, resnet_conv, BatchNorm2d, BatchNorm2dConfig};
 
 /// The residual unit a path is cut from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -50,32 +51,6 @@ pub struct PathConfig {
     pub stride: usize,
 }
 
-/// A 2-D convolution without bias, "same" padding for odd kernels, Kaiming-normal (fan-out)
-/// weights as torchvision's ResNet.
-pub(crate) fn conv<B: Backend>(
-    channels_in: usize,
-    channels_out: usize,
-    kernel: usize,
-    stride: usize,
-    device: &B::Device,
-) -> Conv2d<B> {
-    let pad = kernel / 2;
-    Conv2dConfig::new([channels_in, channels_out], [kernel, kernel])
-        .with_stride([stride, stride])
-        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-        .with_bias(false)
-        .with_initializer(Initializer::KaimingNormal {
-            gain: 2f64.sqrt(),
-            fan_out_only: true,
-        })
-        .init(device)
-}
-
-/// Output size of a convolution or pooling window along one axis: `(size + 2·pad − kernel) / stride + 1`.
-pub fn conv_out_size(size: usize, kernel: usize, stride: usize, pad: usize) -> usize {
-    (size + 2 * pad - kernel) / stride + 1
-}
-
 impl PathConfig {
     /// Builds the path.
     ///
@@ -90,24 +65,22 @@ impl PathConfig {
             self.channels_out,
             self.stride
         );
-        let (p, s) = (self.path_width, self.stride);
+        let (c_in, p, c_out, s) = (self.channels_in, self.path_width, self.channels_out, self.stride);
         match self.kind {
-            BlockKind::Basic => Path {
-                conv1: conv(self.channels_in, p, 3, s, device),
+            BlockKind::Basic => Path::Basic(BasicPath {
+                conv1: resnet_conv(c_in, p, 3, s, device),
                 bn1: BatchNorm2dConfig::new(p).init(device),
-                conv2: conv(p, self.channels_out, 3, 1, device),
-                bn2: BatchNorm2dConfig::new(self.channels_out).init(device),
-                conv3: None,
-                bn3: None,
-            },
-            BlockKind::Bottleneck => Path {
-                conv1: conv(self.channels_in, p, 1, 1, device),
+                conv2: resnet_conv(p, c_out, 3, 1, device),
+                bn2: BatchNorm2dConfig::new(c_out).init(device),
+            }),
+            BlockKind::Bottleneck => Path::Bottleneck(BottleneckPath {
+                conv1: resnet_conv(c_in, p, 1, 1, device),
                 bn1: BatchNorm2dConfig::new(p).init(device),
-                conv2: conv(p, p, 3, s, device),
+                conv2: resnet_conv(p, p, 3, s, device),
                 bn2: BatchNorm2dConfig::new(p).init(device),
-                conv3: Some(conv(p, self.channels_out, 1, 1, device)),
-                bn3: Some(BatchNorm2dConfig::new(self.channels_out).init(device)),
-            },
+                conv3: resnet_conv(p, c_out, 1, 1, device),
+                bn3: BatchNorm2dConfig::new(c_out).init(device),
+            }),
         }
     }
 
@@ -133,31 +106,60 @@ impl PathConfig {
     }
 }
 
-/// One path of a multi-path block.
-///
-/// Field names follow torchvision's `BasicBlock` / `Bottleneck` (`conv1`, `bn1`, ...): a block with
-/// one path is exactly torchvision's block without its shortcut.
+/// A path cut from torchvision's `BasicBlock`: two 3x3 convolutions, the first with the stride.
 #[derive(Module, Debug)]
-pub struct Path<B: Backend> {
-    /// First convolution (3x3 with the stride in a basic path, 1x1 in a bottleneck).
+pub struct BasicPath<B: Backend> {
+    /// 3x3 convolution `C_in -> p` with the block's stride.
     pub conv1: Conv2d<B>,
     /// Batch norm after `conv1`.
     pub bn1: BatchNorm2d<B>,
-    /// Second convolution (3x3; carries the stride in a bottleneck).
+    /// 3x3 convolution `p -> C_out`.
     pub conv2: Conv2d<B>,
     /// Batch norm after `conv2`.
     pub bn2: BatchNorm2d<B>,
-    /// Third convolution (1x1 expansion), bottleneck only.
-    pub conv3: Option<Conv2d<B>>,
-    /// Batch norm after `conv3`, bottleneck only.
-    pub bn3: Option<BatchNorm2d<B>>,
 }
 
-/// The inference batch-norm affines of a path ([`BatchNorm2d::inference_affine`] of `bn1`,
-/// `bn2` and, in a bottleneck, `bn3`), computed once per block and reused for every group of
-/// samples the path serves.
-#[derive(Debug, Clone)]
-pub struct PathAffines<B: Backend>(Vec<(Tensor<B, 1>, Tensor<B, 1>)>);
+/// A path cut from torchvision's `Bottleneck`: 1x1, 3x3 with the stride, 1x1.
+#[derive(Module, Debug)]
+pub struct BottleneckPath<B: Backend> {
+    /// 1x1 convolution `C_in -> p`.
+    pub conv1: Conv2d<B>,
+    /// Batch norm after `conv1`.
+    pub bn1: BatchNorm2d<B>,
+    /// 3x3 convolution `p -> p` with the block's stride.
+    pub conv2: Conv2d<B>,
+    /// Batch norm after `conv2`.
+    pub bn2: BatchNorm2d<B>,
+    /// 1x1 expansion `p -> C_out`.
+    pub conv3: Conv2d<B>,
+    /// Batch norm after `conv3`.
+    pub bn3: BatchNorm2d<B>,
+}
+
+/// One path of a multi-path block. Field names follow torchvision's blocks (`conv1`, `bn1`, ...):
+/// a block with one path is exactly torchvision's block without its shortcut.
+#[derive(Module, Debug)]
+pub enum Path<B: Backend> {
+    /// Two 3x3 convolutions.
+    Basic(BasicPath<B>),
+    /// 1x1, 3x3, 1x1.
+    Bottleneck(BottleneckPath<B>),
+}
+
+impl<B: Backend> BasicPath<B> {
+    fn forward_with(&self, x: Tensor<B, 4>, k: &Kernels<B>) -> Tensor<B, 4> {
+        let x = relu(k.norm(&self.bn1, k.conv(&self.conv1, x)));
+        k.norm(&self.bn2, k.conv(&self.conv2, x))
+    }
+}
+
+impl<B: Backend> BottleneckPath<B> {
+    fn forward_with(&self, x: Tensor<B, 4>, k: &Kernels<B>) -> Tensor<B, 4> {
+        let x = relu(k.norm(&self.bn1, k.conv(&self.conv1, x)));
+        let x = relu(k.norm(&self.bn2, k.conv(&self.conv2, x)));
+        k.norm(&self.bn3, k.conv(&self.conv3, x))
+    }
+}
 
 impl<B: Backend> Path<B> {
     /// The residual branch, without the shortcut and without the final ReLU.
@@ -166,64 +168,42 @@ impl<B: Backend> Path<B> {
     /// - `input`: `[batch_size, channels_in, height, width]`
     /// - output: `[batch_size, channels_out, height / stride, width / stride]`
     pub fn forward(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
-        if B::ad_enabled(&input.device()) {
-            self.forward_normed(input, Conv2d::forward, |bn, _, x| bn.forward(x))
-        } else {
-            let one_image = input.dims()[0] == 1;
-            self.forward_inference(input, &self.inference_affines(), one_image)
+        let kernels = Kernels::probe(&input.device(), input.dims()[0]);
+        self.forward_with(input, &kernels)
+    }
+
+    /// [`Path::forward`] with the layers run by `kernels` (see [`crate::backend`]).
+    pub fn forward_with(&self, input: Tensor<B, 4>, kernels: &Kernels<B>) -> Tensor<B, 4> {
+        match self {
+            Self::Basic(path) => path.forward_with(input, kernels),
+            Self::Bottleneck(path) => path.forward_with(input, kernels),
+        }
+    }
+
+    /// The residual unit the path is cut from.
+    pub fn kind(&self) -> BlockKind {
+        match self {
+            Self::Basic(_) => BlockKind::Basic,
+            Self::Bottleneck(_) => BlockKind::Bottleneck,
+        }
+    }
+
+    /// The convolutions of the path, in order.
+    pub fn convs(&self) -> Vec<&Conv2d<B>> {
+        match self {
+            Self::Basic(p) => vec![&p.conv1, &p.conv2],
+            Self::Bottleneck(p) => vec![&p.conv1, &p.conv2, &p.conv3],
         }
     }
 
     /// Shape `[channels, height, width]` of the path's output for an input of `height x width`
     /// (every convolution of a path pads its kernel to "same", so only the stride shrinks it).
     pub fn output_shape(&self, height: usize, width: usize) -> [usize; 3] {
-        let convs = [Some(&self.conv1), Some(&self.conv2), self.conv3.as_ref()];
-        let last = self.conv3.as_ref().unwrap_or(&self.conv2);
-        let channels = last.weight.lazy_shape()[0];
-        convs.into_iter().flatten().fold([channels, height, width], |[c, h, w], conv| {
+        let convs = self.convs();
+        let channels = convs.last().expect("a path has convolutions").weight.lazy_shape()[0];
+        convs.into_iter().fold([channels, height, width], |[c, h, w], conv| {
             [c, h.div_ceil(conv.stride[0]), w.div_ceil(conv.stride[1])]
         })
-    }
-
-    /// The batch-norm affines of inference.
-    pub fn inference_affines(&self) -> PathAffines<B> {
-        let norms = [Some(&self.bn1), Some(&self.bn2), self.bn3.as_ref()];
-        PathAffines(norms.into_iter().flatten().map(BatchNorm2d::inference_affine).collect())
-    }
-
-    /// [`Path::forward`] in inference with precomputed batch-norm affines. With `one_image` (the
-    /// whole batch is one image) a spatial convolution runs as one matrix product on Flex
-    /// ([`crate::im2col`]). Sparse execution passes the whole batch's answer for every sample
-    /// group, so that a group of one sample computes exactly what the batch would.
-    ///
-    /// # Shapes
-    /// - `input`: `[batch_size, channels_in, height, width]`
-    /// - output: `[batch_size, channels_out, height / stride, width / stride]`
-    pub fn forward_inference(&self, input: Tensor<B, 4>, affines: &PathAffines<B>, one_image: bool) -> Tensor<B, 4> {
-        let conv = |conv: &Conv2d<B>, x: Tensor<B, 4>| {
-            if one_image && im2col_applies(conv, x.dims(), &x.device()) {
-                conv2d_im2col(conv, x)
-            } else {
-                conv.forward(x)
-            }
-        };
-        self.forward_normed(input, conv, |_, k, x| BatchNorm2d::apply_affine(x, &affines.0[k]))
-    }
-
-    /// The branch with `conv(c, x)` as every convolution and `norm(bn, k, x)` as its `k`-th batch
-    /// norm.
-    fn forward_normed(
-        &self,
-        input: Tensor<B, 4>,
-        conv: impl Fn(&Conv2d<B>, Tensor<B, 4>) -> Tensor<B, 4>,
-        mut norm: impl FnMut(&BatchNorm2d<B>, usize, Tensor<B, 4>) -> Tensor<B, 4>,
-    ) -> Tensor<B, 4> {
-        let x = relu(norm(&self.bn1, 0, conv(&self.conv1, input)));
-        let x = norm(&self.bn2, 1, conv(&self.conv2, x));
-        match (&self.conv3, &self.bn3) {
-            (Some(conv3), Some(bn3)) => norm(bn3, 2, conv(conv3, relu(x))),
-            _ => x,
-        }
     }
 }
 
@@ -238,6 +218,7 @@ mod tests {
         for kind in [BlockKind::Basic, BlockKind::Bottleneck] {
             for stride in [1, 2] {
                 let path = PathConfig::new(kind, 3, 2, 5).with_stride(stride).init::<Flex>(&device);
+                assert_eq!(path.kind(), kind);
                 for [h, w] in [[6, 6], [7, 5]] {
                     let [_, c, ho, wo] = path.forward(Tensor::zeros([1, 3, h, w], &device)).dims();
                     assert_eq!(path.output_shape(h, w), [c, ho, wo], "{kind:?}, stride {stride}, {h}x{w}");

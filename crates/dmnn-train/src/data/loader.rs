@@ -33,6 +33,9 @@ pub struct ClassificationBatch<B: Backend> {
     pub targets: Tensor<B, 1, Int>,
     /// Seed of this batch's random decisions in the model (Gumbel noise).
     pub seed: u64,
+    /// Position of the batch in the run, 0-based: `epoch · batches_per_epoch + batch` (what a
+    /// temperature schedule and error messages read).
+    pub step: usize,
 }
 
 /// Mixes seeds (SplitMix64 finaliser).
@@ -146,6 +149,12 @@ impl<B: Backend> EpochLoader<B> {
         self.config.max_batches.map_or(n, |m| n.min(m))
     }
 
+    /// Another handle on the same loader: the same data, epoch counter and list of skipped
+    /// samples (what the Learner takes while the driver keeps its own).
+    pub fn clone_loader(&self) -> Self {
+        self.copy_with(self.device.clone(), self.range, self.epoch.clone())
+    }
+
     fn copy_with(&self, device: B::Device, range: (usize, usize), epoch: Arc<AtomicUsize>) -> Self {
         Self {
             source: self.source.clone(),
@@ -163,6 +172,7 @@ struct HostBatch {
     pixels: Vec<f32>,
     labels: Vec<i64>,
     seed: u64,
+    step: usize,
 }
 
 struct EpochIterator<B: Backend> {
@@ -185,6 +195,7 @@ impl<B: Backend> Iterator for EpochIterator<B> {
             images: Tensor::from_data(TensorData::new(batch.pixels, [n, c, h, w]), &self.device),
             targets: Tensor::from_data(TensorData::new(batch.labels, [n]), &self.device),
             seed: batch.seed,
+            step: batch.step,
         })
     }
 }
@@ -209,6 +220,7 @@ impl<B: Backend> DataLoader<B, ClassificationBatch<B>> for EpochLoader<B> {
             batches.truncate(m);
         }
         let total = batches.iter().map(Vec::len).sum();
+        let batches_per_epoch = batches.len();
         let (sender, receiver) = sync_channel(self.config.prefetch.max(1));
         let (source, pool, skipped) = (self.source.clone(), self.pool.clone(), self.skipped.clone());
         let shape = source.image_shape();
@@ -243,7 +255,8 @@ impl<B: Backend> DataLoader<B, ClassificationBatch<B>> for EpochLoader<B> {
                         continue;
                     }
                     let batch_seed = mix_seed(&[seed.unwrap_or(0), epoch, b as u64, 0xBA7C]);
-                    if sender.send(HostBatch { pixels, labels, seed: batch_seed }).is_err() {
+                    let step = epoch as usize * batches_per_epoch + b;
+                    if sender.send(HostBatch { pixels, labels, seed: batch_seed, step }).is_err() {
                         return; // the consumer stopped early
                     }
                 }

@@ -1,25 +1,18 @@
-//! Max pooling of the ImageNet stem on the CPU backend.
+//! Max pooling of the ImageNet stem on the host
+//! ([`FastPath::HostMaxPool`](super::FastPath::HostMaxPool)).
 //!
 //! Burn Flex's `max_pool2d` always computes the argmax indices too (an `i64` tensor, through a
-//! branchy scalar 3-D kernel): on the 2-core CPU the stem's 3x3/2 pool of a `[16, 64, 112, 112]`
-//! batch took 65 ms, as long as the 7x7 stem convolution and 6 % of a dmnn50 forward pass, all of
-//! it in the part of the network that no gate can skip. Compositions of strided slices are no
-//! faster (Flex runs non-contiguous elementwise ops through a scalar strided iterator), so for
-//! Flex in inference the pool runs here, on the host buffer Flex hands over without a copy. The
-//! proper fix is a pooling kernel without indices in Flex itself; other backends and training
-//! (whose backward pass needs the indices) use Burn's `MaxPool2d`.
+//! branchy scalar 3-D kernel), in the part of the network that no gate can skip. Compositions of
+//! strided slices are no faster (Flex runs non-contiguous elementwise ops through a scalar strided
+//! iterator), so for Flex in inference the pool runs here, on the host buffer Flex hands over
+//! without a copy. The proper fix is a pooling kernel without indices in Flex itself; other
+//! backends and training (whose backward pass needs the indices) use Burn's `MaxPool2d`.
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::block::conv_out_size;
-
-/// Whether [`max_pool2d_host`] is the faster pool on this backend and device: Burn's Flex CPU
-/// backend without autodiff.
-pub fn host_pool_applies<B: Backend>(device: &B::Device) -> bool {
-    !B::ad_enabled(device) && B::name(device) == "flex"
-}
+use crate::layers::conv_out_size;
 
 /// `kernel x kernel` max pooling with the given stride and `-inf` padding on every side, as
 /// PyTorch's `MaxPool2d(kernel, stride, padding)`, computed on the host (one plane per task).
@@ -30,7 +23,7 @@ pub fn host_pool_applies<B: Backend>(device: &B::Device) -> bool {
 ///
 /// # Panics
 /// If `kernel` or `stride` is zero, or the padded input is smaller than the kernel.
-pub fn max_pool2d_host<B: Backend>(input: Tensor<B, 4>, kernel: usize, stride: usize, padding: usize) -> Tensor<B, 4> {
+pub(crate) fn max_pool2d_host<B: Backend>(input: Tensor<B, 4>, kernel: usize, stride: usize, padding: usize) -> Tensor<B, 4> {
     let [n, c, h, w] = input.dims();
     assert!(
         kernel > 0 && stride > 0 && h + 2 * padding >= kernel && w + 2 * padding >= kernel,
@@ -71,6 +64,7 @@ pub fn max_pool2d_host<B: Backend>(input: Tensor<B, 4>, kernel: usize, stride: u
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{FastPath, Kernels};
     use burn::backend::Flex;
     use burn::nn::pool::MaxPool2dConfig;
     use burn::nn::PaddingConfig2d;
@@ -79,7 +73,7 @@ mod tests {
     #[test]
     fn equals_burn_max_pool() {
         let device = Default::default();
-        assert!(host_pool_applies::<Flex>(&device));
+        assert!(Kernels::<Flex>::probe(&device, 2).fast_paths().contains(FastPath::HostMaxPool));
         // odd and even sizes, negative values next to the padding
         for [h, w] in [[9, 9], [8, 11], [3, 4]] {
             let x = Tensor::<Flex, 4>::random([2, 3, h, w], Distribution::Normal(-1.0, 1.0), &device);
@@ -98,7 +92,8 @@ mod tests {
 
     #[test]
     fn not_under_autodiff() {
-        assert!(!host_pool_applies::<burn::backend::Autodiff<Flex>>(&Default::default()));
+        let kernels = Kernels::<burn::backend::Autodiff<Flex>>::probe(&Default::default(), 2);
+        assert!(!kernels.fast_paths().contains(FastPath::HostMaxPool));
     }
 
     #[test]

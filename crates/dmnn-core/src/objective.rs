@@ -14,8 +14,10 @@ use burn::config::Config;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor};
-use dmnn_core::DmnnOutput;
 use serde::{Deserialize, Serialize};
+
+use crate::error::ConfigError;
+use crate::output::DmnnOutput;
 
 /// Which cost penalty pulls the executed MACs toward the target.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,14 +30,19 @@ pub enum CostPenalty {
     PerBlock,
 }
 
-impl std::str::FromStr for CostPenalty {
-    type Err = String;
+impl CostPenalty {
+    /// The names [`CostPenalty::from_str`](core::str::FromStr) accepts.
+    pub const NAMES: [&'static str; 2] = ["network", "per-block"];
+}
+
+impl core::str::FromStr for CostPenalty {
+    type Err = ConfigError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "network" => Ok(Self::Network),
             "per-block" | "per_block" => Ok(Self::PerBlock),
-            other => Err(format!("cost penalty '{other}' is not one of network, per-block")),
+            other => Err(ConfigError::Unknown { what: "cost penalty", value: other.into(), known: &Self::NAMES }),
         }
     }
 }
@@ -75,18 +82,18 @@ pub struct LossTerms<B: Backend> {
 
 impl ObjectiveConfig {
     /// Checks the weights and the target.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    /// The first value out of its domain.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if !(0.0..=1.0).contains(&self.target_rate) {
-            return Err(format!("target_rate={} must lie in [0, 1]", self.target_rate));
+            return Err(ConfigError::TargetRate(self.target_rate));
         }
-        if self.aux_loss_weight < 0.0 || self.cost_loss_weight < 0.0 {
-            return Err(format!(
-                "aux_loss_weight={}, cost_loss_weight={} must not be negative",
-                self.aux_loss_weight, self.cost_loss_weight
-            ));
+        if !(self.aux_loss_weight >= 0.0 && self.cost_loss_weight >= 0.0) {
+            return Err(ConfigError::LossWeights { aux: self.aux_loss_weight, cost: self.cost_loss_weight });
         }
         if !(0.0..1.0).contains(&self.label_smoothing) {
-            return Err(format!("label_smoothing={} must lie in [0, 1)", self.label_smoothing));
+            return Err(ConfigError::LabelSmoothing(self.label_smoothing));
         }
         Ok(())
     }
@@ -140,7 +147,7 @@ mod tests {
     use super::*;
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::{Distribution, TensorData};
-    use dmnn_core::{DmnnConfig, ForwardOptions};
+    use crate::{DmnnConfig, ForwardOptions};
 
     type AD = Autodiff<Flex>;
 
@@ -167,6 +174,6 @@ mod tests {
 
     #[test]
     fn rejects_bad_target() {
-        assert!(ObjectiveConfig::new().with_target_rate(1.5).validate().unwrap_err().contains("target_rate=1.5"));
+        assert!(ObjectiveConfig::new().with_target_rate(1.5).validate().unwrap_err().to_string().contains("target_rate=1.5"));
     }
 }

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Int, Tensor, TensorData};
 
-use crate::branches::map_branches;
+use crate::backend::map_branches;
 
 /// Which paths of a block are on for a sample: bit `i` is path `i`.
 pub type PathPattern = u64;
@@ -184,7 +184,7 @@ impl<B: Backend> GroupedBatch<B> {
 
     /// [`GroupedBatch::regroup`] followed by [`GroupedBatch::map`] with the group's pattern, in
     /// one pass: each group's function runs as soon as that group's rows are gathered. With
-    /// `concurrent` (see [`crate::branches`]) the groups are concurrent tasks, so gathering one
+    /// `concurrent` the groups are concurrent tasks, so gathering one
     /// group overlaps with the work on the others and no group waits for the whole batch to be
     /// regrouped.
     ///

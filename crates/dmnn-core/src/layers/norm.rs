@@ -6,10 +6,11 @@
 //! batch variance, as PyTorch does.
 //!
 //! Why not Burn's `BatchNorm`: it broadcasts `[1, C, 1, 1]` vectors against `[B, C, H, W]`
-//! maps, and Burn's CPU backend (Flex) runs that broadcast through a scalar strided iterator:
-//! more than half of a training step of a small ResNet went there. Here every per-channel vector
-//! is first tiled to `[B, C, 1, 1]` (a few hundred values), which Flex broadcasts with SIMD. The
-//! arithmetic is the same on every backend.
+//! maps, which Burn's CPU backend (Flex) runs through a scalar strided iterator. Here every
+//! per-channel vector is first tiled to `[B, C, 1, 1]` (a few hundred values), which Flex
+//! broadcasts with SIMD (docs/decisions.md has the measurement). The arithmetic is the same on
+//! every backend. As Burn's `BatchNorm`, the running statistics follow the input's device, so a
+//! module forked onto another device (multi-device training) normalises with them there.
 
 use burn::config::Config;
 use burn::module::{Module, Param, RunningState};
@@ -82,19 +83,22 @@ impl<B: Backend> BatchNorm2d<B> {
             "batch norm over {} channels got an input with {channels} channels",
             self.gamma.dims()[0]
         );
-        if B::ad_enabled(&input.device()) {
+        let device = input.device();
+        if B::ad_enabled(&device) {
             self.forward_train(input)
         } else {
-            Self::apply_affine(input, &self.inference_affine())
+            Self::apply_affine(input, &self.inference_affine(&device))
         }
     }
 
-    /// The per-channel `(scale, shift)` of inference, `y = x · scale + shift`, each `[channels]`.
-    /// Sparse execution computes it once per block and reuses it for every group of samples.
-    pub fn inference_affine(&self) -> (Tensor<B, 1>, Tensor<B, 1>) {
-        let inv_std = self.running_var.value().add_scalar(self.epsilon).sqrt().recip();
+    /// The per-channel `(scale, shift)` of inference, `y = x · scale + shift`, each `[channels]`,
+    /// on `device`.
+    pub(crate) fn inference_affine(&self, device: &B::Device) -> (Tensor<B, 1>, Tensor<B, 1>) {
+        let running_var = self.running_var.value().to_device(device);
+        let running_mean = self.running_mean.value().to_device(device);
+        let inv_std = running_var.add_scalar(self.epsilon).sqrt().recip();
         let scale = self.gamma.val() * inv_std; // [C]
-        let shift = self.beta.val() - self.running_mean.value() * scale.clone(); // [C]
+        let shift = self.beta.val() - running_mean * scale.clone(); // [C]
         (scale, shift)
     }
 
@@ -103,7 +107,7 @@ impl<B: Backend> BatchNorm2d<B> {
     /// # Shapes
     /// - `input`: `[batch_size, channels, height, width]`
     /// - output: same as `input`
-    pub fn apply_affine(input: Tensor<B, 4>, (scale, shift): &(Tensor<B, 1>, Tensor<B, 1>)) -> Tensor<B, 4> {
+    pub(crate) fn apply_affine(input: Tensor<B, 4>, (scale, shift): &(Tensor<B, 1>, Tensor<B, 1>)) -> Tensor<B, 4> {
         let [batch_size, ..] = input.dims();
         input * per_sample(scale.clone(), batch_size) + per_sample(shift.clone(), batch_size)
     }
@@ -119,9 +123,11 @@ impl<B: Backend> BatchNorm2d<B> {
 
         let m = self.momentum;
         let unbiased = if n > 1 { n as f64 / (n - 1) as f64 } else { 1.0 };
-        let running_mean = self.running_mean.value_sync().mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
-        let running_var =
-            self.running_var.value_sync().mul_scalar(1.0 - m) + var.clone().detach().mul_scalar(m * unbiased);
+        let device = mean.device();
+        let running_mean =
+            self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
+        let running_var = self.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m)
+            + var.clone().detach().mul_scalar(m * unbiased);
         self.running_mean.update(running_mean.detach());
         self.running_var.update(running_var.detach());
 

@@ -13,11 +13,9 @@
 //! machine's drift cancels in the pair). Peak memory is measured per case in a fresh process
 //! ([`run_memory_case`]).
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::ToElement;
@@ -26,6 +24,16 @@ use burn::tensor::{Distribution, Int, Tensor, TensorData};
 use dmnn_core::{Dmnn, DmnnConfig, ExecutionMode, ForwardOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+
+use crate::error::{Result, TrainError};
+
+mod memory;
+mod pipeline;
+mod pytorch;
+
+pub use memory::*;
+pub use pipeline::*;
+pub use pytorch::*;
 
 /// One row of the benchmark.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,14 +137,6 @@ impl BenchConfig {
     }
 }
 
-/// Peak resident set size of this process, MiB (Linux `VmHWM`).
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
 fn median_min(mut t: Vec<f64>) -> (f64, f64) {
     t.sort_by(|a, b| a.partial_cmp(b).unwrap());
     (t[t.len() / 2], t[0])
@@ -168,7 +168,7 @@ fn random_gates<B: Backend>(model: &Dmnn<B>, batch: usize, rate: f64, seed: u64,
 }
 
 fn model_for<B: Backend>(name: &str, device: &B::Device) -> Result<(DmnnConfig, Dmnn<B>)> {
-    let config = DmnnConfig::preset(name)?;
+    let config = DmnnConfig::preset(name).map_err(dmnn_core::ConfigError::from)?;
     let model = config.init::<B>(device);
     Ok((config, model))
 }
@@ -198,7 +198,9 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                 let sparse = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates));
                 let diff = (masked.logits - sparse.logits).abs().max().into_scalar().to_f64();
                 if !(diff <= 1e-4) {
-                    bail!("{name} batch {batch} rate {rate}: sparse and masked logits differ by {diff} (> 1e-4)");
+                    return Err(TrainError::Other(format!(
+                        "{name} batch {batch} rate {rate}: sparse and masked logits differ by {diff} (> 1e-4)"
+                    )));
                 }
             }
             // Rounds: in every round each rate runs `full`, then `sparse`, then `masked`. The
@@ -306,108 +308,28 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
     Ok(rows)
 }
 
-/// One inference case of the memory measurement, written `model:image_size:batch:rate:mode`
-/// (`mode` is `full`, `masked` or `sparse`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemoryCase {
-    /// Model preset.
-    pub model: String,
-    /// Input side.
-    pub image_size: usize,
-    /// Batch size.
-    pub batch: usize,
-    /// Gate rate.
-    pub rate: f64,
-    /// `full`, `masked` or `sparse`.
-    pub mode: String,
-}
-
-impl std::str::FromStr for MemoryCase {
-    type Err = anyhow::Error;
-
-    fn from_str(s: &str) -> Result<Self> {
-        let parts: Vec<&str> = s.split(':').collect();
-        let [model, size, batch, rate, mode] = parts[..] else {
-            bail!("memory case '{s}' is not model:image_size:batch:rate:mode");
-        };
-        if !["full", "masked", "sparse"].contains(&mode) {
-            bail!("memory case '{s}': mode '{mode}' is not one of full, masked, sparse");
-        }
-        let number = |what: &str, v: &str| -> Result<f64> { v.parse().with_context(|| format!("memory case '{s}': {what} '{v}' is not a number")) };
-        Ok(Self {
-            model: model.to_string(),
-            image_size: number("image_size", size)? as usize,
-            batch: number("batch", batch)? as usize,
-            rate: number("rate", rate)?,
-            mode: mode.to_string(),
-        })
-    }
-}
-
-impl std::fmt::Display for MemoryCase {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}:{}:{}", self.model, self.image_size, self.batch, self.rate, self.mode)
-    }
-}
-
-/// Runs one memory case in this process: the model, the gates of the timed benchmark (same
-/// seed), a warm-up and one run. Meant for a fresh process (`dmnn bench --memory-case`), whose
-/// peak resident set ([`peak_rss_mib`]) is then the case's alone: the binary, the weights and the
-/// largest working set of the forward pass.
-pub fn run_memory_case<B: Backend>(case: &MemoryCase, seed: u64, device: &B::Device) -> Result<()> {
-    let (config, mut model) = model_for::<B>(&case.model, device)?;
-    let x = images::<B>(&config, case.image_size, case.batch, device);
-    let gates = (case.mode != "full").then(|| random_gates(&model, case.batch, case.rate, seed, device));
-    if case.mode == "full" {
-        model.controller = None;
-    }
-    let mode = if case.mode == "masked" { ExecutionMode::Masked } else { ExecutionMode::Sparse };
-    for _ in 0..2 {
-        let mut options = ForwardOptions::mode(mode);
-        if let Some(g) = &gates {
-            options = options.with_gates(g.clone());
-        }
-        let _ = model.forward_with(x.clone(), options).logits.into_data();
-        let _ = B::sync(device);
-    }
-    Ok(())
-}
-
-/// The memory cases of the inference rows of a benchmark.
-pub fn memory_cases(rows: &[BenchRow]) -> Vec<MemoryCase> {
-    rows.iter()
-        .filter(|r| ["full", "masked", "sparse"].contains(&r.mode.as_str()))
-        .map(|r| MemoryCase { model: r.model.clone(), image_size: r.image_size, batch: r.batch, rate: r.rate, mode: r.mode.clone() })
-        .collect()
-}
-
-/// Writes the peak-memory rows as CSV (`model,image_size,batch,rate,mode,peak_rss_mib`), with a
-/// first comment line naming the machine.
-pub fn write_memory_csv(path: &PathBuf, rows: &[(MemoryCase, f64)], machine: &str) -> Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "# {machine}; peak resident set of a fresh process running the case (binary, weights, largest working set)")?;
-    writeln!(f, "model,image_size,batch,rate,mode,peak_rss_mib")?;
-    for (c, mib) in rows {
-        writeln!(f, "{},{},{},{},{},{mib:.1}", c.model, c.image_size, c.batch, c.rate, c.mode)?;
-    }
-    Ok(())
-}
-
 /// Writes the rows as CSV, with a first comment line naming the machine.
-pub fn write_csv(path: &PathBuf, rows: &[BenchRow], machine: &str) -> Result<()> {
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    }
-    let mut f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
-    writeln!(f, "# {machine}")?;
-    writeln!(f, "{CSV_HEADER}")?;
+///
+/// # Errors
+/// If the file cannot be written.
+pub fn write_csv(path: &Path, rows: &[BenchRow], machine: &str) -> Result<()> {
+    let mut text = format!("# {machine}\n{CSV_HEADER}\n");
     for r in rows {
-        writeln!(f, "{}", r.csv())?;
+        text.push_str(&r.csv());
+        text.push('\n');
     }
-    Ok(())
+    write_file(path, &text)
 }
 
-/// A one-line description of this machine: CPU model and core count (Linux), or the backend.
+/// Writes `text` to `path`, creating its directory.
+pub(crate) fn write_file(path: &Path, text: &str) -> Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+    }
+    std::fs::write(path, text).map_err(|e| TrainError::io(path, e))
+}
+
+/// A one-line description of this machine: CPU model and core count (Linux), and the backend.
 pub fn machine_description(backend: &str) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -424,70 +346,6 @@ pub fn machine_tag(backend: &str) -> String {
         b if b.starts_with("cpu") => format!("cpu-{cores}core"),
         b => b.split_whitespace().next().unwrap_or(b).to_string(),
     }
-}
-
-/// Runs `scripts/bench_pytorch.py` (when PyTorch is installed) and prints PyTorch's times beside
-/// ours for the rows both measured.
-pub fn compare_pytorch(rows: &[BenchRow]) -> Result<()> {
-    let script = ["scripts/bench_pytorch.py", concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/bench_pytorch.py")]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
-        .context("scripts/bench_pytorch.py not found")?;
-    let has_torch = std::process::Command::new("python3").args(["-c", "import torch, torchvision"]).output().is_ok_and(|o| o.status.success());
-    if !has_torch {
-        println!("PyTorch comparison skipped: `python3 -c 'import torch, torchvision'` failed (pip install torch torchvision)");
-        return Ok(());
-    }
-    let out = std::process::Command::new("python3").arg(&script).output().context("running bench_pytorch.py")?;
-    if !out.status.success() {
-        bail!("bench_pytorch.py failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
-    println!("PyTorch (torchvision, 2 threads) on the same machine:");
-    println!("{:<10} {:>5} {:<6} {:>12} {:>12} {:>8}", "model", "batch", "mode", "ours ms", "torch ms", "ratio");
-    for line in text.lines().filter(|l| !l.starts_with('#') && !l.starts_with("model,")) {
-        let f: Vec<&str> = line.split(',').collect();
-        if f.len() < 7 {
-            continue;
-        }
-        let (model, batch, mode) = (f[0], f[2].parse::<usize>().unwrap_or(0), f[4]);
-        let torch_ms: f64 = f[5].parse().unwrap_or(f64::NAN);
-        if let Some(ours) = rows.iter().find(|r| r.model == model && r.batch == batch && r.mode == mode) {
-            println!("{model:<10} {batch:>5} {mode:<6} {:>12.2} {torch_ms:>12.2} {:>8.2}", ours.ms_median, ours.ms_median / torch_ms);
-        }
-    }
-    Ok(())
-}
-
-/// Throughput of the ImageNet training input pipeline on one core: decode (by content) +
-/// RandomResizedCrop 224 + horizontal flip + normalise, over real photographs of ImageNet size
-/// (`data/photos`, 300–640 px JPEGs). Returns `(photographs, images, seconds, images per second
-/// per core)`.
-pub fn bench_pipeline(photos: &std::path::Path, images: usize) -> Result<(usize, usize, f64, f64)> {
-    use crate::data::{decode_rgb, ImageTransform};
-    let files: Vec<PathBuf> = std::fs::read_dir(photos)
-        .with_context(|| format!("reading {}", photos.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|e| e == "jpg") && !p.to_string_lossy().contains("cmyk"))
-        .collect();
-    if files.is_empty() {
-        bail!("no JPEG photographs in {}", photos.display());
-    }
-    let transform = ImageTransform::new(224);
-    let mut out = vec![0f32; 3 * 224 * 224];
-    let mut rng = StdRng::seed_from_u64(0);
-    // warm the page cache
-    for f in &files {
-        let _ = std::fs::read(f)?;
-    }
-    let start = Instant::now();
-    for i in 0..images {
-        let image = decode_rgb(&files[i % files.len()]).map_err(anyhow::Error::msg)?;
-        transform.apply(&image, Some(&mut rng), &mut out);
-    }
-    let secs = start.elapsed().as_secs_f64();
-    Ok((files.len(), images, secs, images as f64 / secs))
 }
 
 #[cfg(test)]

@@ -1,18 +1,14 @@
-//! Spatial convolutions of one image on the CPU as one matrix product.
+//! Spatial convolutions of one image on the CPU as one matrix product
+//! ([`FastPath::OneImageIm2col`](super::FastPath::OneImageIm2col)).
 //!
 //! Burn Flex runs a convolution as im2col + gemm in tiles of 512 output positions per image,
 //! after a serial conversion of the input to NHWC. For one image that leaves little to run in
 //! parallel: a 3x3 convolution of dmnn50's 28, 14 or 7 px stages is one or two tiles, and a path
-//! that runs alone (its sibling gated off) keeps one of the two cores idle; that is most of what
-//! batch-1 sparse execution lost against the static block, whose two paths fill both cores.
-//! Here the im2col matrix of the image is built on the host straight from NCHW (rows in
-//! parallel) and multiplied by the weight matrix with Burn's `matmul`, whose gemm splits one
-//! large product over the cores. On the 2-core CPU, for the 3x3 convolutions of dmnn50's paths
-//! at batch 1: 28 px 0.79 -> 0.69 ms, 14 px 0.86 -> 0.71 ms, 7 px 1.35 -> 0.83 ms; at 56 px
-//! (3136 positions) and for batches Flex's own tiling is as fast or faster.
-//!
-//! Only for Flex in inference; other backends and training use Burn's convolution. The proper
-//! fix is a batch-1 path in Flex's convolution (belongs upstream).
+//! that runs alone (its sibling gated off) keeps a core idle. Here the im2col matrix of the image
+//! is built on the host straight from NCHW (rows in parallel) and multiplied by the weight matrix
+//! with Burn's `matmul`, whose gemm splits one large product over the cores. At 56 px and for
+//! batches Flex's own tiling is as fast or faster (docs/decisions.md has the measurements). The
+//! proper fix is a batch-1 path in Flex's convolution, upstream.
 
 use burn::nn::conv::Conv2d;
 use burn::nn::PaddingConfig2d;
@@ -20,7 +16,7 @@ use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::block::conv_out_size;
+use crate::layers::conv_out_size;
 
 /// Most output positions of a convolution run by [`conv2d_im2col`]: up to dmnn50's 28 px stage
 /// (784); at 56 px (3136) Flex's tiles already fill the cores.
@@ -47,21 +43,17 @@ fn output_size<B: Backend>(conv: &Conv2d<B>, [height, width]: [usize; 2], paddin
     ]
 }
 
-/// Whether [`conv2d_im2col`] runs `conv` on an input of shape `input_dims`: Burn's Flex CPU
-/// backend without autodiff, one image, a spatial kernel, no groups, symmetric padding and at
-/// most [`IM2COL_MAX_POSITIONS`] output positions.
-pub fn im2col_applies<B: Backend>(conv: &Conv2d<B>, input_dims: [usize; 4], device: &B::Device) -> bool {
+/// Whether [`conv2d_im2col`] can run `conv` on an input of shape `input_dims` and is worth it:
+/// one image, a spatial kernel, no groups, symmetric padding and at most
+/// [`IM2COL_MAX_POSITIONS`] output positions. (Whether the backend wants it is
+/// [`Kernels`](super::Kernels)' question.)
+pub(crate) fn im2col_fits<B: Backend>(conv: &Conv2d<B>, input_dims: [usize; 4]) -> bool {
     let [batch_size, _, height, width] = input_dims;
     let Some(padding) = symmetric_padding(&conv.padding) else {
         return false;
     };
     let [out_height, out_width] = output_size(conv, [height, width], padding);
-    !B::ad_enabled(device)
-        && B::name(device) == "flex"
-        && batch_size == 1
-        && conv.kernel_size != [1, 1]
-        && conv.groups == 1
-        && out_height * out_width <= IM2COL_MAX_POSITIONS
+    batch_size == 1 && conv.kernel_size != [1, 1] && conv.groups == 1 && out_height * out_width <= IM2COL_MAX_POSITIONS
 }
 
 /// `conv.forward(input)` for one image as one matrix product: the host builds the im2col matrix
@@ -74,8 +66,8 @@ pub fn im2col_applies<B: Backend>(conv: &Conv2d<B>, input_dims: [usize; 4], devi
 ///
 /// # Panics
 /// If the input is not one image, the convolution has groups or asymmetric or "same" padding
-/// (see [`im2col_applies`]), or the input's channels do not match the weight.
-pub fn conv2d_im2col<B: Backend>(conv: &Conv2d<B>, input: Tensor<B, 4>) -> Tensor<B, 4> {
+/// (see [`im2col_fits`]), or the input's channels do not match the weight.
+pub(crate) fn conv2d_im2col<B: Backend>(conv: &Conv2d<B>, input: Tensor<B, 4>) -> Tensor<B, 4> {
     let [batch_size, channels_in, height, width] = input.dims();
     let weight = conv.weight.val();
     let [channels_out, weight_channels, kernel_h, kernel_w] = weight.dims();
@@ -132,6 +124,7 @@ pub fn conv2d_im2col<B: Backend>(conv: &Conv2d<B>, input: Tensor<B, 4>) -> Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::Kernels;
     use burn::backend::{Autodiff, Flex};
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Distribution, Tolerance};
@@ -148,12 +141,13 @@ mod tests {
     #[test]
     fn equals_burn_convolution() {
         let device = Default::default();
+        let kernels = Kernels::<Flex>::probe(&device, 1);
         // stride 1 and 2, odd and even sizes, dilation, no padding, a bias, a 5x5 kernel
         for (kernel, stride, dilation, pad, bias) in [(3, 1, 1, 1, false), (3, 2, 1, 1, true), (3, 1, 2, 2, false), (3, 2, 1, 0, false), (5, 1, 1, 2, true)] {
             let conv = conv([3, 4], kernel, stride, dilation, pad, bias);
             for [h, w] in [[9, 9], [8, 11], [5, 4]] {
                 let x = Tensor::<Flex, 4>::random([1, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
-                assert!(im2col_applies(&conv, x.dims(), &device));
+                assert!(kernels.im2col_applies(&conv, x.dims()));
                 let expected = conv.forward(x.clone());
                 let got = conv2d_im2col(&conv, x);
                 assert_eq!(got.dims(), expected.dims(), "k={kernel}, s={stride}, d={dilation}, p={pad}, {h}x{w}");
@@ -165,13 +159,16 @@ mod tests {
     #[test]
     fn only_spatial_kernels_of_one_image_in_flex_inference() {
         let device = Default::default();
+        let kernels = Kernels::<Flex>::probe(&device, 1);
         let conv3 = conv([3, 4], 3, 1, 1, 1, false);
-        assert!(im2col_applies(&conv3, [1, 3, 28, 28], &device));
-        assert!(!im2col_applies(&conv3, [2, 3, 28, 28], &device));
-        assert!(!im2col_applies(&conv3, [1, 3, 56, 56], &device));
-        assert!(!im2col_applies(&conv([3, 4], 1, 1, 1, 0, false), [1, 3, 28, 28], &device));
+        assert!(kernels.im2col_applies(&conv3, [1, 3, 28, 28]));
+        assert!(!kernels.im2col_applies(&conv3, [2, 3, 28, 28]));
+        assert!(!kernels.im2col_applies(&conv3, [1, 3, 56, 56]));
+        assert!(!kernels.im2col_applies(&conv([3, 4], 1, 1, 1, 0, false), [1, 3, 28, 28]));
         let ad = Conv2dConfig::new([3, 4], [3, 3]).init::<Autodiff<Flex>>(&device);
-        assert!(!im2col_applies(&ad, [1, 3, 28, 28], &device));
+        assert!(!Kernels::<Autodiff<Flex>>::probe(&device, 1).im2col_applies(&ad, [1, 3, 28, 28]));
+        // and not with the fast paths off
+        assert!(!Kernels::<Flex>::new(&device, 1, crate::backend::FastPaths::NONE).im2col_applies(&conv3, [1, 3, 28, 28]));
     }
 
     #[test]

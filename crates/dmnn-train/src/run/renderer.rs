@@ -1,26 +1,13 @@
-//! The run directory: resolved configuration, checkpoints written atomically, a per-epoch CSV of
-//! metrics, a log, and the final summary.
-//!
-//! ```text
-//! runs/<timestamp>-<model>-<paths>p-t<target>/
-//!   config.json        the resolved training configuration (what --resume reads)
-//!   checkpoint/        model-<epoch>.mpk, optim-<epoch>.mpk, scheduler-<epoch>.mpk (Burn's Learner)
-//!   metrics.csv        one row per epoch: train_* and valid_* columns
-//!   train.log          progress lines and messages
-//!   experiment.log     Burn's own log
-//!   model.mpk          the final network (inference record)
-//!   summary.json       test accuracy, GMACs mean ± std, params, wall time, ...
-//! ```
+//! What the Learner's metrics turn into: one CSV row per epoch ([`EpochTable`]) and progress
+//! lines where there is no terminal ([`PlainRenderer`]).
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
-use burn::record::{FileRecorder, FullPrecisionSettings, NamedMpkFileRecorder, Recorder, RecorderError};
-use burn::tensor::backend::Backend;
 use burn::train::logger::MetricLogger;
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{MetricDefinition, MetricId, NumericEntry};
@@ -28,111 +15,8 @@ use burn::train::renderer::{
     EvaluationName, EvaluationProgress, MetricState, MetricsRenderer, MetricsRendererEvaluation,
     MetricsRendererTraining, ProgressType, TrainingProgress,
 };
-use serde::{de::DeserializeOwned, Serialize};
 
-/// Writes a file atomically: to a temporary name in the same directory, synced, then renamed.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)
-}
-
-/// Burn's named MessagePack recorder, made atomic: the record is written to `<name>.tmp.mpk`,
-/// synced and renamed to `<name>.mpk`, so a run killed mid-write never leaves a checkpoint that
-/// fails to load.
-#[derive(Debug, Default, Clone)]
-pub struct AtomicRecorder {
-    inner: NamedMpkFileRecorder<FullPrecisionSettings>,
-}
-
-impl<B: Backend> FileRecorder<B> for AtomicRecorder {
-    fn file_extension() -> &'static str {
-        "mpk"
-    }
-}
-
-impl<B: Backend> Recorder<B> for AtomicRecorder {
-    type Settings = FullPrecisionSettings;
-    type RecordArgs = PathBuf;
-    type RecordOutput = ();
-    type LoadArgs = PathBuf;
-
-    fn save_item<I: Serialize>(&self, item: I, file: PathBuf) -> Result<(), RecorderError> {
-        let final_path = file.with_extension("mpk");
-        let stem = final_path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        // the inner recorder replaces the last extension with `mpk`: it writes `<stem>.tmp.mpk`
-        let tmp = final_path.with_file_name(format!("{stem}.tmp.mpk"));
-        Recorder::<B>::save_item(&self.inner, item, final_path.with_file_name(format!("{stem}.tmp.part")))?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(|e| RecorderError::Unknown(e.to_string()))?;
-        std::fs::rename(&tmp, &final_path).map_err(|e| RecorderError::Unknown(format!("{}: {e}", final_path.display())))
-    }
-
-    fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
-        Recorder::<B>::load_item(&self.inner, file)
-    }
-}
-
-/// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC).
-pub fn timestamp() -> String {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    // civil-from-days (Howard Hinnant)
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
-}
-
-/// A line-oriented log shared by the renderer and the driver: to the terminal (stderr) and to
-/// `train.log` in the run directory.
-#[derive(Clone)]
-pub struct RunLog {
-    file: Arc<Mutex<Option<File>>>,
-    quiet: bool,
-}
-
-impl RunLog {
-    /// A log appending to `path`.
-    pub fn open(path: &Path, quiet: bool) -> std::io::Result<Self> {
-        let file = OpenOptions::new().create(true).append(true).open(path)?;
-        Ok(Self { file: Arc::new(Mutex::new(Some(file))), quiet })
-    }
-
-    /// A log that only prints.
-    pub fn stderr() -> Self {
-        Self { file: Arc::new(Mutex::new(None)), quiet: false }
-    }
-
-    /// Writes one line.
-    pub fn line(&self, text: &str) {
-        if !self.quiet {
-            eprintln!("{text}");
-        }
-        if let Some(f) = self.file.lock().unwrap().as_mut() {
-            let _ = writeln!(f, "{text}");
-        }
-    }
-
-    /// Writes one line to the file only.
-    pub fn file_only(&self, text: &str) {
-        if let Some(f) = self.file.lock().unwrap().as_mut() {
-            let _ = writeln!(f, "{text}");
-        }
-    }
-}
+use super::log::RunLog;
 
 /// Epoch-level values of every metric, by split, as the Learner reports them.
 #[derive(Clone, Default)]
@@ -226,8 +110,8 @@ impl MetricLogger for EpochTable {
 pub struct PlainRenderer {
     log: RunLog,
     names: HashMap<MetricId, String>,
-    train: BTreeMap<String, f64>,
-    valid: BTreeMap<String, f64>,
+    train: RunningStats,
+    valid: RunningStats,
     last_print: Instant,
     last_decile: Option<(usize, usize)>,
     epoch_start: Instant,
@@ -241,8 +125,8 @@ impl PlainRenderer {
         Self {
             log,
             names: HashMap::new(),
-            train: BTreeMap::new(),
-            valid: BTreeMap::new(),
+            train: RunningStats::default(),
+            valid: RunningStats::default(),
             last_print: Instant::now(),
             last_decile: None,
             epoch_start: Instant::now(),
@@ -251,8 +135,8 @@ impl PlainRenderer {
         }
     }
 
-    fn fmt(values: &BTreeMap<String, f64>) -> String {
-        let get = |k: &str| values.get(k).copied();
+    fn fmt(stats: &RunningStats) -> String {
+        let get = |k: &str| stats.mean(k);
         let mut parts = Vec::new();
         if let Some(v) = get("loss") {
             parts.push(format!("loss {v:.4}"));
@@ -260,7 +144,7 @@ impl PlainRenderer {
         if let Some(v) = get("top1") {
             parts.push(format!("top1 {v:.2}%"));
         }
-        if let (Some(m), Some(s)) = (get("gmacs_mean"), get("gmacs_std")) {
+        if let (Some(m), Some(s)) = (get("gmacs_mean"), stats.gmacs_std()) {
             parts.push(format!("GMACs {m:.4} ± {s:.4}"));
         }
         if let Some(v) = get("macs_ratio") {
@@ -270,21 +154,10 @@ impl PlainRenderer {
     }
 
     fn update(&mut self, state: MetricState, valid: bool) {
-        if let MetricState::Numeric(entry, _) = state {
-            if let (Some(name), Ok(NumericEntry::Aggregated { .. } | NumericEntry::Value(_))) =
-                (self.names.get(&entry.metric_id), NumericEntry::deserialize(&entry.serialized_entry.serialized))
-            {
-                // the formatted entry starts with "epoch <running value>"
-                let running = entry
-                    .serialized_entry
-                    .formatted
-                    .split_whitespace()
-                    .nth(1)
-                    .and_then(|v| v.parse::<f64>().ok());
-                if let Some(v) = running {
-                    let map = if valid { &mut self.valid } else { &mut self.train };
-                    map.insert(name.clone(), v);
-                }
+        if let MetricState::Numeric(entry, NumericEntry::Aggregated { aggregated_value, count }) = state {
+            if let Some(name) = self.names.get(&entry.metric_id) {
+                let stats = if valid { &mut self.valid } else { &mut self.train };
+                stats.add(name, aggregated_value, count);
             }
         }
     }
@@ -310,6 +183,9 @@ impl PlainRenderer {
                 self.epoch_start.elapsed().as_secs_f64()
             ));
             self.last_print = Instant::now();
+            // the next batches are the next epoch's
+            self.train = RunningStats::default();
+            self.valid = RunningStats::default();
         } else if split == "train" && (new_decile && decile > 0 && !finished || due) {
             let elapsed = self.epoch_start.elapsed().as_secs_f64();
             let speed = if elapsed > 0.5 {
@@ -371,26 +247,105 @@ impl MetricsRenderer for PlainRenderer {
     }
 }
 
+
+/// The epoch's running values of the metrics, from their batch values: weighted means, and the
+/// standard deviation of the per-image GMACs from each batch's mean and standard deviation
+/// (`E[x²] = std² + mean²` per batch).
+#[derive(Debug, Default, Clone)]
+pub struct RunningStats {
+    sums: BTreeMap<String, (f64, usize)>,
+    gmacs_square_sum: f64,
+    last_gmacs_mean: Option<f64>,
+}
+
+impl RunningStats {
+    /// Adds a batch value of `count` samples of metric `name`. A batch's `gmacs_std` is
+    /// combined with its `gmacs_mean`, which the Learner reports first.
+    pub fn add(&mut self, name: &str, value: f64, count: usize) {
+        let sum = self.sums.entry(name.to_string()).or_insert((0.0, 0));
+        sum.0 += value * count as f64;
+        sum.1 += count;
+        match name {
+            "gmacs_mean" => self.last_gmacs_mean = Some(value),
+            "gmacs_std" => {
+                let mean = self.last_gmacs_mean.take().unwrap_or(0.0);
+                self.gmacs_square_sum += count as f64 * (value * value + mean * mean);
+            }
+            _ => {}
+        }
+    }
+
+    /// The running mean of metric `name`, if it has had a batch.
+    pub fn mean(&self, name: &str) -> Option<f64> {
+        self.sums.get(name).filter(|(_, n)| *n > 0).map(|(s, n)| s / *n as f64)
+    }
+
+    /// The standard deviation of the per-image GMACs over the batches so far.
+    pub fn gmacs_std(&self) -> Option<f64> {
+        let (_, n) = self.sums.get("gmacs_std").filter(|(_, n)| *n > 0)?;
+        let mean = self.mean("gmacs_mean")?;
+        Some((self.gmacs_square_sum / *n as f64 - mean * mean).max(0.0).sqrt())
+    }
+}
+
+/// Lets a boxed renderer (Burn's terminal UI) be handed to the training builder.
+pub struct BoxedRenderer(pub Box<dyn MetricsRenderer>);
+
+impl MetricsRendererTraining for BoxedRenderer {
+    fn update_train(&mut self, state: MetricState) {
+        self.0.update_train(state)
+    }
+    fn update_valid(&mut self, state: MetricState) {
+        self.0.update_valid(state)
+    }
+    fn render_train(&mut self, item: TrainingProgress, p: Vec<ProgressType>) {
+        self.0.render_train(item, p)
+    }
+    fn render_valid(&mut self, item: TrainingProgress, p: Vec<ProgressType>) {
+        self.0.render_valid(item, p)
+    }
+    fn on_train_end(&mut self, summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn core::error::Error>> {
+        self.0.on_train_end(summary)
+    }
+}
+
+impl MetricsRendererEvaluation for BoxedRenderer {
+    fn update_test(&mut self, name: EvaluationName, state: MetricState) {
+        self.0.update_test(name, state)
+    }
+    fn render_test(&mut self, item: EvaluationProgress, p: Vec<ProgressType>) {
+        self.0.render_test(item, p)
+    }
+}
+
+impl MetricsRenderer for BoxedRenderer {
+    fn manual_close(&mut self) {
+        self.0.manual_close()
+    }
+    fn register_metric(&mut self, definition: MetricDefinition) {
+        self.0.register_metric(definition)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn timestamp_has_the_right_shape() {
-        let t = timestamp();
-        assert_eq!(t.len(), 15, "{t}");
-        assert!(t.starts_with("20"), "{t}");
-    }
-
-    #[test]
-    fn atomic_write_replaces_whole_file() {
-        let dir = std::env::temp_dir().join(format!("dmnn-atomic-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("summary.json");
-        write_atomic(&p, b"{\"a\":1}").unwrap();
-        write_atomic(&p, b"{\"a\":2}").unwrap();
-        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":2}");
-        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
-        std::fs::remove_dir_all(dir).unwrap();
+    fn running_stats_combine_batches_like_the_whole_epoch() {
+        // batch 1: images at 1 and 3 GMACs (mean 2, std 1); batch 2: 5, 5 (mean 5, std 0)
+        let mut stats = RunningStats::default();
+        stats.add("top1", 50.0, 2);
+        stats.add("gmacs_mean", 2.0, 2);
+        stats.add("gmacs_std", 1.0, 2);
+        stats.add("top1", 100.0, 2);
+        stats.add("gmacs_mean", 5.0, 2);
+        stats.add("gmacs_std", 0.0, 2);
+        assert_eq!(stats.mean("top1"), Some(75.0));
+        assert_eq!(stats.mean("gmacs_mean"), Some(3.5));
+        // all four: 1, 3, 5, 5: mean 3.5, variance (6.25 + 0.25 + 2.25 + 2.25) / 4 = 2.75
+        assert!((stats.gmacs_std().unwrap() - 2.75f64.sqrt()).abs() < 1e-12);
+        assert_eq!(stats.mean("loss"), None);
     }
 }
+

@@ -1,5 +1,5 @@
 //! Backend selection: the CPU backend (Flex) always; WGPU and CUDA when built with the `wgpu` /
-//! `cuda` features.
+//! `cuda` features. The only place the binary names a concrete backend.
 
 use anyhow::{bail, Result};
 use burn::backend::{Autodiff, Flex};
@@ -15,17 +15,6 @@ pub enum BackendKind {
     Wgpu,
     /// CUDA; needs the `cuda` feature (NVRTC at run time).
     Cuda,
-}
-
-impl BackendKind {
-    /// Whether this binary was built with the backend.
-    pub fn available(self) -> bool {
-        match self {
-            Self::Cpu => true,
-            Self::Wgpu => cfg!(feature = "wgpu"),
-            Self::Cuda => cfg!(feature = "cuda"),
-        }
-    }
 }
 
 /// Work to run on whichever backend was chosen.

@@ -1,21 +1,22 @@
-//! The `dmnn` command line: argument groups and how they turn into a [`TrainConfig`].
+//! The `dmnn` command line: argument groups, each applied to a [`TrainConfig`] by its own
+//! `apply`, and the settings derived from the others computed in one place ([`derive`]).
 
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 use dmnn_core::gate::{PrevState, TemperatureSchedule};
-use dmnn_core::DmnnConfig;
+use dmnn_core::{CostPenalty, DmnnConfig, ExecutionMode};
+use dmnn_train::bench::MemoryCase;
+use dmnn_train::config::{DataConfig, TrainConfig};
+use dmnn_train::data::SmallAugment;
+use dmnn_train::schedule::LrDecay;
 
 use crate::backend::BackendKind;
-use crate::config::{DataConfig, TrainConfig};
-use crate::data::{default_fashion_mnist_dir, SmallAugment};
-use crate::objective::{CostPenalty, ObjectiveConfig};
-use crate::schedule::LrDecay;
 
 /// Dynamic Multi-path Neural Networks: train, evaluate, measure.
 #[derive(Parser, Debug)]
-#[command(name = "dmnn", version, about)]
+#[command(name = "dmnn", version, about = "Dynamic Multi-path Neural Networks: train, evaluate and measure gated ResNets")]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -39,6 +40,90 @@ pub enum Command {
     Export(ExportArgs),
     /// Sparse vs Masked vs static inference time, training throughput, ResNet-50 references.
     Bench(BenchArgs),
+}
+
+/// How the controllers hand their state from block to block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PrevStateArg {
+    /// Every block decides from its own input.
+    None,
+    /// A shared GRU cell.
+    Gru,
+    /// A shared LSTM cell.
+    Lstm,
+}
+
+impl From<PrevStateArg> for PrevState {
+    fn from(arg: PrevStateArg) -> Self {
+        match arg {
+            PrevStateArg::None => Self::None,
+            PrevStateArg::Gru => Self::Gru,
+            PrevStateArg::Lstm => Self::Lstm,
+        }
+    }
+}
+
+/// On or off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Switch {
+    /// On.
+    On,
+    /// Off.
+    Off,
+}
+
+/// Which cost penalty.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CostPenaltyArg {
+    /// `(mean executed share of the gated MACs − t)²`.
+    Network,
+    /// `mean_l (open rate of block l − t)²`.
+    PerBlock,
+}
+
+impl From<CostPenaltyArg> for CostPenalty {
+    fn from(arg: CostPenaltyArg) -> Self {
+        match arg {
+            CostPenaltyArg::Network => Self::Network,
+            CostPenaltyArg::PerBlock => Self::PerBlock,
+        }
+    }
+}
+
+/// The decay after warm-up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LrScheduleArg {
+    /// x0.1 every `--lr-step-epochs` (30).
+    Step,
+    /// Cosine to 0.
+    Cosine,
+}
+
+/// The dataset of `train`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatasetArg {
+    /// Fashion-MNIST gzip IDX files (vendored).
+    FashionMnist,
+    /// CIFAR-10/100 binary files.
+    Cifar,
+}
+
+/// Execution mode of an evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Each path only on the samples whose gate is on.
+    Sparse,
+    /// Every path on the whole batch, times its gate.
+    Masked,
+}
+
+impl From<ModeArg> for ExecutionMode {
+    fn from(arg: ModeArg) -> Self {
+        match arg {
+            ModeArg::Sparse => Self::Sparse,
+            ModeArg::Masked => Self::Masked,
+        }
+    }
 }
 
 /// Arguments of `bench`.
@@ -65,7 +150,7 @@ pub struct BenchArgs {
     /// Run one inference case `model:image_size:batch:rate:mode` and print this process's peak
     /// resident memory (the benchmark runs each case so, in a fresh process).
     #[arg(long, hide = true)]
-    pub memory_case: Option<crate::bench::MemoryCase>,
+    pub memory_case: Option<MemoryCase>,
 }
 
 /// Backend and device.
@@ -91,17 +176,24 @@ pub struct ModelArgs {
     /// Scale every width of the preset (static baselines of equal MACs).
     #[arg(long, help_heading = "Model")]
     pub width_mult: Option<f64>,
+    /// Start from these weights: torchvision .pth/.safetensors (sliced into paths for DMNN
+    /// presets), a dmnn export, or a run's model.mpk.
+    #[arg(long, help_heading = "Model")]
+    pub initial_weights: Option<PathBuf>,
+    /// With --initial-weights: train a fresh classifier when the class count differs.
+    #[arg(long, help_heading = "Model")]
+    pub new_head: bool,
 }
 
 /// Gating options.
 #[derive(Args, Debug, Clone, Default)]
 pub struct GatingArgs {
     /// Controller state handed between blocks.
-    #[arg(long, value_parser = ["none", "gru", "lstm"], help_heading = "Gating")]
-    pub prev_state: Option<String>,
+    #[arg(long, value_enum, help_heading = "Gating")]
+    pub prev_state: Option<PrevStateArg>,
     /// Auxiliary category heads on the controllers.
-    #[arg(long, value_parser = ["on", "off"], help_heading = "Gating")]
-    pub category_head: Option<String>,
+    #[arg(long, value_enum, help_heading = "Gating")]
+    pub category_head: Option<Switch>,
     /// Controller width d.
     #[arg(long, help_heading = "Gating")]
     pub controller_width: Option<usize>,
@@ -115,8 +207,8 @@ pub struct GatingArgs {
     #[arg(long, help_heading = "Gating")]
     pub aux_loss_weight: Option<f64>,
     /// Network-wide or per-block cost penalty.
-    #[arg(long, value_parser = ["network", "per-block"], help_heading = "Gating")]
-    pub cost_penalty: Option<String>,
+    #[arg(long, value_enum, help_heading = "Gating")]
+    pub cost_penalty: Option<CostPenaltyArg>,
     /// Gumbel temperature (start of the schedule).
     #[arg(long, help_heading = "Gating")]
     pub temperature: Option<f64>,
@@ -147,8 +239,8 @@ pub struct OptimArgs {
     #[arg(long, help_heading = "Optimizer")]
     pub grad_clip: Option<f64>,
     /// Decay after warm-up.
-    #[arg(long, value_parser = ["step", "cosine"], help_heading = "Schedule")]
-    pub lr_schedule: Option<String>,
+    #[arg(long, value_enum, help_heading = "Schedule")]
+    pub lr_schedule: Option<LrScheduleArg>,
     /// Epochs between step decays (x0.1).
     #[arg(long, help_heading = "Schedule")]
     pub lr_step_epochs: Option<usize>,
@@ -167,8 +259,8 @@ pub struct DataArgs {
     #[arg(long, help_heading = "Data")]
     pub data: Option<PathBuf>,
     /// Dataset kind of `train` (`train-imagenet` is always ImageNet).
-    #[arg(long, value_parser = ["fashion-mnist", "cifar"], help_heading = "Data")]
-    pub dataset: Option<String>,
+    #[arg(long, value_enum, help_heading = "Data")]
+    pub dataset: Option<DatasetArg>,
     /// Training batch size.
     #[arg(long, help_heading = "Data")]
     pub batch_size: Option<usize>,
@@ -201,6 +293,29 @@ pub struct DataArgs {
     pub max_eval_batches: Option<usize>,
 }
 
+/// Run options.
+#[derive(Args, Debug, Clone, Default)]
+pub struct RunArgs {
+    /// A configuration file (JSON, as written to a run's config.json); flags override it.
+    #[arg(long, help_heading = "Run")]
+    pub config: Option<PathBuf>,
+    /// Run directory (default: `runs/<timestamp>-<model>-<paths>p-t<target>`).
+    #[arg(long, help_heading = "Run")]
+    pub out: Option<PathBuf>,
+    /// Continue a stopped run from its last checkpoint (its config.json is used; other flags are ignored).
+    #[arg(long, help_heading = "Run")]
+    pub resume: Option<PathBuf>,
+    /// Seed of initialisation, data order, augmentation and Gumbel noise.
+    #[arg(long, help_heading = "Run")]
+    pub seed: Option<u64>,
+    /// BN recalibration batches after training (sparse mode), reported beside the plain result.
+    #[arg(long, help_heading = "Run")]
+    pub recalibrate_batches: Option<usize>,
+    /// Plain progress lines even on a terminal (no TUI).
+    #[arg(long, help_heading = "Run")]
+    pub plain: bool,
+}
+
 /// Arguments of `train` and `train-imagenet`.
 #[derive(Args, Debug, Clone)]
 pub struct TrainArgs {
@@ -219,31 +334,9 @@ pub struct TrainArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub data: DataArgs,
-    /// A configuration file (JSON, as written to a run's config.json); flags override it.
-    #[arg(long, help_heading = "Run")]
-    pub config: Option<PathBuf>,
-    /// Run directory (default: `runs/<timestamp>-<model>-<paths>p-t<target>`).
-    #[arg(long, help_heading = "Run")]
-    pub out: Option<PathBuf>,
-    /// Continue a stopped run from its last checkpoint (its config.json is used; other flags are ignored).
-    #[arg(long, help_heading = "Run")]
-    pub resume: Option<PathBuf>,
-    /// Seed of initialisation, data order, augmentation and Gumbel noise.
-    #[arg(long, help_heading = "Run")]
-    pub seed: Option<u64>,
-    /// BN recalibration batches after training (sparse mode), reported beside the plain result.
-    #[arg(long, help_heading = "Run")]
-    pub recalibrate_batches: Option<usize>,
-    /// Start from these weights: torchvision .pth/.safetensors (sliced into paths for DMNN
-    /// presets), a dmnn export, or a run's model.mpk.
-    #[arg(long, help_heading = "Model")]
-    pub initial_weights: Option<PathBuf>,
-    /// With --initial-weights: train a fresh classifier when the class count differs.
-    #[arg(long, help_heading = "Model")]
-    pub new_head: bool,
-    /// Plain progress lines even on a terminal (no TUI).
-    #[arg(long, help_heading = "Run")]
-    pub plain: bool,
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub run: RunArgs,
 }
 
 /// Arguments of `eval`.
@@ -265,9 +358,9 @@ pub struct EvalArgs {
     #[arg(long)]
     pub val_synsets: Option<PathBuf>,
     /// Execution mode.
-    #[arg(long, value_parser = ["sparse", "masked"], default_value = "sparse")]
-    pub mode: String,
-    /// Inference gate threshold (on-probability above which a path runs).
+    #[arg(long, value_enum, default_value = "sparse")]
+    pub mode: ModeArg,
+    /// Inference gate threshold (on-probability above which a path runs), in [0, 1).
     #[arg(long)]
     pub threshold: Option<f64>,
     /// Batch size.
@@ -335,212 +428,216 @@ pub struct CostArgs {
     pub json: bool,
 }
 
-/// Defaults of `train`: the Fashion-MNIST main job, sized for 15 minutes on two CPU cores.
-pub fn fashion_mnist_defaults() -> TrainConfig {
-    let model = DmnnConfig::preset("dmnn_small").expect("preset");
-    TrainConfig::new(
-        model,
-        // no augmentation: a 6-epoch schedule underfits, crops and flips cost accuracy here
-        DataConfig::FashionMnist { dir: default_fashion_mnist_dir(), augment: SmallAugment { pad_crop: 0, hflip: false } },
-        ObjectiveConfig::new().with_target_rate(0.7),
-        6,
-        128,
-        0.1,
-    )
-    .with_weight_decay(5e-4)
-    .with_warmup_epochs(0.2)
-    .with_lr_decay(LrDecay::Cosine)
-}
-
-/// Defaults of `train-imagenet`: DESIGN §5's recipe.
-pub fn imagenet_defaults(data: PathBuf) -> TrainConfig {
-    let model = DmnnConfig::preset("dmnn50").expect("preset");
-    TrainConfig::new(
-        model,
-        DataConfig::ImageNet { dir: data, image_size: 224, val_labels: None, val_synsets: None },
-        ObjectiveConfig::new(),
-        100,
-        256,
-        0.1,
-    )
-    .with_lr_decay(LrDecay::Step { every_epochs: 30, gamma: 0.1 })
-}
-
 impl TrainArgs {
-    /// The configuration of this run: defaults (or `--config`), then the flags.
+    /// The configuration of this run: the recipe (or `--config`), then every argument group,
+    /// then the derived settings.
     pub fn resolve(&self, imagenet: bool) -> Result<TrainConfig> {
-        let mut c = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-                serde_json::from_str::<TrainConfig>(&text).with_context(|| format!("{} is not a dmnn training configuration", path.display()))?
-            }
+        let mut c = match &self.run.config {
+            Some(path) => TrainConfig::read_run_config(path)?,
             None if imagenet => {
                 let data = self.data.data.clone().context("train-imagenet needs --data DIR (the ImageNet root with train/ and val/)")?;
-                imagenet_defaults(data)
+                TrainConfig::imagenet(data)
             }
-            None => fashion_mnist_defaults(),
+            None => TrainConfig::fashion_mnist(),
         };
-        // data
-        let d = &self.data;
+        self.data.apply(&mut c, imagenet)?;
+        self.model.apply(&mut c, imagenet)?;
+        self.gating.apply(&mut c)?;
+        self.optim.apply(&mut c);
+        self.run.apply(&mut c);
+        derive(&mut c, &self.data, &self.optim, imagenet && self.run.config.is_none());
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+impl DataArgs {
+    fn apply(&self, c: &mut TrainConfig, imagenet: bool) -> Result<()> {
         if imagenet {
-            if let DataConfig::ImageNet { dir, image_size, val_labels, val_synsets } = &mut c.data {
-                if let Some(p) = &d.data {
-                    *dir = p.clone();
-                }
-                if let Some(s) = d.image_size {
-                    *image_size = s;
-                    c.model.image_size = s;
-                }
-                if d.val_labels.is_some() {
-                    *val_labels = d.val_labels.clone();
-                }
-                if d.val_synsets.is_some() {
-                    *val_synsets = d.val_synsets.clone();
-                }
-            } else {
+            let DataConfig::ImageNet { dir, val_labels, val_synsets } = &mut c.data else {
                 bail!("the configuration's data is not ImageNet; use `dmnn train` for it");
+            };
+            if let Some(p) = &self.data {
+                dir.clone_from(p);
+            }
+            if self.val_labels.is_some() {
+                val_labels.clone_from(&self.val_labels);
+            }
+            if self.val_synsets.is_some() {
+                val_synsets.clone_from(&self.val_synsets);
+            }
+            if let Some(s) = self.image_size {
+                c.model.image_size = s;
             }
         } else {
-            match d.dataset.as_deref() {
-                Some("cifar") => {
-                    let dir = d.data.clone().context("--dataset cifar needs --data DIR")?;
+            match self.dataset {
+                Some(DatasetArg::Cifar) => {
+                    let dir = self.data.clone().context("--dataset cifar needs --data DIR")?;
                     c.data = DataConfig::Cifar { dir };
                 }
                 _ => {
-                    if let (Some(p), DataConfig::FashionMnist { dir, .. }) = (&d.data, &mut c.data) {
-                        *dir = p.clone();
+                    if let (Some(p), DataConfig::FashionMnist { dir, .. }) = (&self.data, &mut c.data) {
+                        dir.clone_from(p);
                     }
                 }
             }
             if let DataConfig::FashionMnist { augment, .. } = &mut c.data {
-                if d.no_augment {
+                if self.no_augment {
                     *augment = SmallAugment { pad_crop: 0, hflip: false };
-                } else if d.augment {
+                } else if self.augment {
                     *augment = SmallAugment::default();
                 }
             }
         }
-        // model
-        if let Some(name) = &self.model.model {
+        if let Some(v) = self.batch_size {
+            c.batch_size = v;
+        }
+        if let Some(v) = self.eval_batch_size {
+            c.eval_batch_size = v;
+        }
+        if let Some(v) = self.workers {
+            c.workers = v;
+        }
+        if self.max_steps_per_epoch.is_some() {
+            c.max_steps_per_epoch = self.max_steps_per_epoch;
+        }
+        if self.max_eval_batches.is_some() {
+            c.max_eval_batches = self.max_eval_batches;
+        }
+        Ok(())
+    }
+}
+
+impl ModelArgs {
+    fn apply(&self, c: &mut TrainConfig, imagenet: bool) -> Result<()> {
+        if let Some(name) = &self.model {
             let mut preset = DmnnConfig::preset(name)?;
-            preset.num_classes = c.model.num_classes;
+            preset.num_classes = if imagenet { 1000 } else { c.model.num_classes };
             preset.in_channels = c.model.in_channels;
             preset.image_size = c.model.image_size;
             c.model = preset;
-            if imagenet {
-                c.model.num_classes = 1000;
-            }
         }
-        if let Some(k) = self.model.num_classes {
+        if let Some(k) = self.num_classes {
             c.model.num_classes = k;
         }
-        if matches!(c.data, DataConfig::Cifar { .. }) {
-            c.model.in_channels = 3;
-            c.model.image_size = 32;
-        }
-        if let Some(f) = self.model.width_mult {
+        if let Some(f) = self.width_mult {
             if !(f.is_finite() && f > 0.0) {
                 bail!("--width-mult {f} must be positive");
             }
-            c.model = c.model.scale_width(f);
+            c.model = c.model.clone().scale_width(f);
             c.model.name = format!("{}_w{f}", c.model.name);
         }
-        // gating
-        let g = &self.gating;
-        if let Some(ctrl) = c.model.controller.as_mut() {
-            if let Some(p) = &g.prev_state {
-                ctrl.prev_state = p.parse::<PrevState>().map_err(anyhow::Error::msg)?;
+        if self.initial_weights.is_some() {
+            c.initial_weights.clone_from(&self.initial_weights);
+        }
+        if self.new_head {
+            c.new_head = true;
+        }
+        Ok(())
+    }
+}
+
+impl GatingArgs {
+    fn apply(&self, c: &mut TrainConfig) -> Result<()> {
+        match c.model.controller.as_mut() {
+            Some(ctrl) => {
+                if let Some(p) = self.prev_state {
+                    ctrl.prev_state = p.into();
+                }
+                if let Some(h) = self.category_head {
+                    ctrl.category_head = h == Switch::On;
+                }
+                if let Some(w) = self.controller_width {
+                    ctrl.hidden_size = w;
+                }
             }
-            if let Some(h) = &g.category_head {
-                ctrl.category_head = h == "on";
+            None if self.prev_state.is_some() || self.category_head.is_some() || self.controller_width.is_some() => {
+                bail!(
+                    "model '{}' is static (no controllers): --prev-state, --category-head and --controller-width do not apply",
+                    c.model.name
+                );
             }
-            if let Some(w) = g.controller_width {
-                ctrl.hidden_size = w;
-            }
-        } else if g.prev_state.is_some() || g.category_head.is_some() || g.controller_width.is_some() {
-            bail!("model '{}' is static (no controllers): --prev-state, --category-head and --controller-width do not apply", c.model.name);
+            None => {}
         }
-        if let Some(v) = g.target_rate {
-            c.objective.target_rate = v;
+        let o = &mut c.objective;
+        if let Some(v) = self.target_rate {
+            o.target_rate = v;
         }
-        if let Some(v) = g.cost_loss_weight {
-            c.objective.cost_loss_weight = v;
+        if let Some(v) = self.cost_loss_weight {
+            o.cost_loss_weight = v;
         }
-        if let Some(v) = g.aux_loss_weight {
-            c.objective.aux_loss_weight = v;
+        if let Some(v) = self.aux_loss_weight {
+            o.aux_loss_weight = v;
         }
-        if let Some(v) = &g.cost_penalty {
-            c.objective.cost_penalty = v.parse::<CostPenalty>().map_err(anyhow::Error::msg)?;
+        if let Some(v) = self.cost_penalty {
+            o.cost_penalty = v.into();
         }
-        match (g.temperature, g.temperature_end) {
+        match (self.temperature, self.temperature_end) {
             (Some(t), None) => c.temperature = TemperatureSchedule::Constant { temperature: t },
             (t, Some(end)) => c.temperature = TemperatureSchedule::Exponential { start: t.unwrap_or(1.0), end },
             (None, None) => {}
         }
-        // optimiser and schedule
-        let o = &self.optim;
-        if let Some(v) = o.epochs {
+        Ok(())
+    }
+}
+
+impl OptimArgs {
+    fn apply(&self, c: &mut TrainConfig) {
+        if let Some(v) = self.epochs {
             c.epochs = v;
         }
-        if let Some(v) = d.batch_size {
-            if imagenet && o.lr.is_none() && self.config.is_none() {
-                c.lr = 0.1 * v as f64 / 256.0; // linear scaling rule of the recipe
-            }
-            c.batch_size = v;
-        }
-        if let Some(v) = d.eval_batch_size {
-            c.eval_batch_size = v;
-        }
-        if let Some(v) = o.lr {
+        if let Some(v) = self.lr {
             c.lr = v;
         }
-        if let Some(v) = o.momentum {
+        if let Some(v) = self.momentum {
             c.momentum = v;
         }
-        if let Some(v) = o.weight_decay {
+        if let Some(v) = self.weight_decay {
             c.weight_decay = v;
         }
-        if o.nesterov {
+        if self.nesterov {
             c.nesterov = true;
         }
-        if o.grad_clip.is_some() {
-            c.grad_clip = o.grad_clip;
+        if self.grad_clip.is_some() {
+            c.grad_clip = self.grad_clip;
         }
-        if let Some(s) = &o.lr_schedule {
-            c.lr_decay = s.parse::<LrDecay>().map_err(anyhow::Error::msg)?;
+        match self.lr_schedule {
+            Some(LrScheduleArg::Cosine) => c.lr_decay = LrDecay::Cosine,
+            Some(LrScheduleArg::Step) => c.lr_decay = LrDecay::Step { every_epochs: 30, gamma: 0.1 },
+            None => {}
         }
-        if let (Some(n), LrDecay::Step { every_epochs, .. }) = (o.lr_step_epochs, &mut c.lr_decay) {
+        if let (Some(n), LrDecay::Step { every_epochs, .. }) = (self.lr_step_epochs, &mut c.lr_decay) {
             *every_epochs = n;
         }
-        if let Some(v) = o.warmup_epochs {
+        if let Some(v) = self.warmup_epochs {
             c.warmup_epochs = v;
         }
-        if let Some(v) = o.label_smoothing {
+        if let Some(v) = self.label_smoothing {
             c.objective.label_smoothing = v;
         }
-        // run
+    }
+}
+
+impl RunArgs {
+    fn apply(&self, c: &mut TrainConfig) {
         if let Some(v) = self.seed {
             c.seed = v;
         }
         if let Some(v) = self.recalibrate_batches {
             c.recalibrate_batches = v;
         }
-        if self.initial_weights.is_some() {
-            c.initial_weights = self.initial_weights.clone();
-        }
-        if self.new_head {
-            c.new_head = true;
-        }
-        if let Some(v) = d.workers {
-            c.workers = v;
-        }
-        if d.max_steps_per_epoch.is_some() {
-            c.max_steps_per_epoch = d.max_steps_per_epoch;
-        }
-        if d.max_eval_batches.is_some() {
-            c.max_eval_batches = d.max_eval_batches;
-        }
-        c.validate().map_err(anyhow::Error::msg)?;
-        Ok(c)
+    }
+}
+
+/// The settings that follow from others, in one place: the model's input channels and image
+/// size from a small dataset's format, and the ImageNet recipe's learning rate from the batch
+/// size (the linear scaling rule) when neither `--lr` nor `--config` sets it.
+fn derive(c: &mut TrainConfig, data: &DataArgs, optim: &OptimArgs, imagenet_recipe: bool) {
+    if let Some((channels, side)) = c.data.image_format() {
+        c.model.in_channels = channels;
+        c.model.image_size = side;
+    }
+    if let (true, Some(batch), None) = (imagenet_recipe, data.batch_size, optim.lr) {
+        c.lr = TrainConfig::imagenet_lr(batch);
     }
 }

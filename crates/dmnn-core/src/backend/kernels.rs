@@ -1,0 +1,177 @@
+//! The layers of one forward pass, run as the backend runs them best.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use burn::module::ParamId;
+use burn::nn::conv::Conv2d;
+use burn::nn::pool::MaxPool2d;
+use burn::nn::PaddingConfig2d;
+use burn::tensor::backend::Backend;
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Slice, Tensor};
+
+use super::im2col::{conv2d_im2col, im2col_fits};
+use super::pool::max_pool2d_host;
+use super::{FastPath, FastPaths, MAX_CONCURRENT_ELEMENTS, MIN_CONCURRENT_ELEMENTS};
+use crate::layers::BatchNorm2d;
+
+/// A batch norm's inference `(scale, shift)`, each `[channels]`.
+type Affine<B> = (Tensor<B, 1>, Tensor<B, 1>);
+
+/// How the layers of one forward pass run: Burn's own operations, or a [`FastPath`] where one
+/// applies. Decisions that depend on the batch (one image or several) are made once from the
+/// whole batch, so a sample group of sparse execution computes exactly what the batch would.
+///
+/// In inference every batch norm's affine is computed once per pass and reused by every sample
+/// group it serves (on every backend; it is not a fast path, just not computing the same thing
+/// twice). Fast paths apply in inference only: under autodiff every layer is Burn's, so its
+/// backward pass is too.
+#[derive(Debug)]
+pub struct Kernels<B: Backend> {
+    fast: FastPaths,
+    one_image: bool,
+    inference: bool,
+    affines: Mutex<HashMap<ParamId, Affine<B>>>,
+}
+
+impl<B: Backend> Kernels<B> {
+    /// The kernels of a pass over `batch_size` images on `device`, with the fast paths
+    /// [`FastPaths::probe`] finds.
+    pub fn probe(device: &B::Device, batch_size: usize) -> Self {
+        Self::new(device, batch_size, FastPaths::probe::<B>(device))
+    }
+
+    /// The kernels of a pass over `batch_size` images on `device` with the given fast paths
+    /// (none under autodiff, whatever is given).
+    pub fn new(device: &B::Device, batch_size: usize, fast: FastPaths) -> Self {
+        let inference = !B::ad_enabled(device);
+        Self {
+            fast: if inference { fast } else { FastPaths::NONE },
+            one_image: batch_size == 1,
+            inference,
+            affines: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The fast paths in use.
+    pub fn fast_paths(&self) -> FastPaths {
+        self.fast
+    }
+
+    /// `conv.forward(x)`, or one im2col matrix product when the whole batch is one image
+    /// ([`FastPath::OneImageIm2col`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch_size, channels_in, height, width]`
+    /// - output: `[batch_size, channels_out, height', width']`, as `conv.forward`
+    pub fn conv(&self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.im2col_applies(conv, x.dims()) {
+            conv2d_im2col(conv, x)
+        } else {
+            conv.forward(x)
+        }
+    }
+
+    /// Whether [`Kernels::conv`] runs `conv` as one im2col matrix product on an input of shape
+    /// `input_dims`.
+    pub(crate) fn im2col_applies(&self, conv: &Conv2d<B>, input_dims: [usize; 4]) -> bool {
+        self.one_image && self.fast.contains(FastPath::OneImageIm2col) && im2col_fits(conv, input_dims)
+    }
+
+    /// The convolution of a projection shortcut: a strided 1x1 convolution subsamples the input
+    /// first and runs a pointwise convolution ([`FastPath::SubsampledProjection`]); same values.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch_size, channels_in, height, width]`
+    /// - output: `[batch_size, channels_out, ceil(height / stride), ceil(width / stride)]`
+    pub fn projection(&self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let [sh, sw] = conv.stride;
+        let strided_pointwise =
+            conv.kernel_size == [1, 1] && conv.groups == 1 && conv.bias.is_none() && [sh, sw] != [1, 1];
+        if strided_pointwise && self.fast.contains(FastPath::SubsampledProjection) {
+            let every = |s: usize| Slice::new(0, None, s as isize);
+            let x = x.slice([Slice::full(), Slice::full(), every(sh), every(sw)]);
+            conv2d(x, conv.weight.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+        } else {
+            conv.forward(x)
+        }
+    }
+
+    /// `bn.forward(x)`; in inference with the affine computed once per pass.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch_size, channels, height, width]`
+    /// - output: same as `x`
+    pub fn norm(&self, bn: &BatchNorm2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if !self.inference {
+            return bn.forward(x);
+        }
+        let key = bn.gamma.id;
+        let cached = self.affines.lock().expect("affine cache").get(&key).cloned();
+        let affine = match cached {
+            Some(affine) => affine,
+            None => {
+                // computed outside the lock: a concurrent branch may compute it too, to the same values
+                let affine = bn.inference_affine(&x.device());
+                self.affines.lock().expect("affine cache").entry(key).or_insert(affine).clone()
+            }
+        };
+        BatchNorm2d::apply_affine(x, &affine)
+    }
+
+    /// `pool.forward(x)`, or the pool on the host buffer ([`FastPath::HostMaxPool`]) when its
+    /// padding is symmetric.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch_size, channels, height, width]`
+    /// - output: `[batch_size, channels, height', width']`, as `pool.forward`
+    pub fn max_pool(&self, pool: &MaxPool2d, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let square = pool.kernel_size[0] == pool.kernel_size[1] && pool.stride[0] == pool.stride[1];
+        let padding = match pool.padding {
+            PaddingConfig2d::Valid => Some(0),
+            PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => Some(t),
+            _ => None,
+        };
+        match padding {
+            Some(p) if square && pool.dilation == [1, 1] && !pool.ceil_mode && self.fast.contains(FastPath::HostMaxPool) => {
+                max_pool2d_host(x, pool.kernel_size[0], pool.stride[0], p)
+            }
+            _ => pool.forward(x),
+        }
+    }
+
+    /// Whether the branches of a block whose larger activation (input or output, whole batch)
+    /// has `elements` elements run concurrently ([`FastPath::ConcurrentBranches`], between
+    /// [`MIN_CONCURRENT_ELEMENTS`] and [`MAX_CONCURRENT_ELEMENTS`]).
+    pub fn concurrent(&self, elements: usize) -> bool {
+        self.fast.contains(FastPath::ConcurrentBranches)
+            && (MIN_CONCURRENT_ELEMENTS..=MAX_CONCURRENT_ELEMENTS).contains(&elements)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::{Autodiff, Flex};
+
+    #[test]
+    fn only_mid_sized_blocks_in_cpu_inference_run_concurrently() {
+        let device = Default::default();
+        let flex = Kernels::<Flex>::probe(&device, 4);
+        assert!(flex.concurrent(4 * 16 * 32 * 32));
+        assert!(!flex.concurrent(16 * 14 * 14));
+        assert!(!flex.concurrent(MAX_CONCURRENT_ELEMENTS + 1));
+        assert!(!Kernels::<Autodiff<Flex>>::probe(&device, 4).concurrent(4 * 16 * 32 * 32));
+        assert!(!Kernels::<Flex>::new(&device, 4, FastPaths::NONE).concurrent(4 * 16 * 32 * 32));
+    }
+
+    #[test]
+    fn autodiff_gets_no_fast_path_even_when_asked() {
+        let device = Default::default();
+        let all = FastPaths::for_backend("flex", false);
+        assert_eq!(Kernels::<Autodiff<Flex>>::new(&device, 1, all).fast_paths(), FastPaths::NONE);
+        assert_eq!(Kernels::<Flex>::new(&device, 1, all).fast_paths(), all);
+    }
+}

@@ -1,0 +1,187 @@
+//! Executors (DESIGN §7): how a gated block runs on a batch. The network loop hands every block
+//! to the executor of the pass; the block itself only knows its sum
+//! (`relu(shortcut + Σ g_i · path_i)`).
+//!
+//! - [`masked`]: every path on the whole batch, times its gate (training; full cost).
+//! - [`sparse`]: each path only on the samples whose gate is on (inference; skipped paths cost
+//!   nothing).
+
+mod masked;
+mod sparse;
+
+use burn::tensor::backend::Backend;
+use burn::tensor::Tensor;
+
+pub use masked::*;
+pub use sparse::*;
+
+use crate::backend::Kernels;
+use crate::block::MultiPathBlock;
+use crate::output::ExecutionMode;
+
+/// Runs `block` on `batch` in `mode` (resolved: `Masked` or `Sparse`); without gates (a static
+/// network) every path runs.
+pub(crate) fn run_block<B: Backend>(
+    mode: ExecutionMode,
+    block: &MultiPathBlock<B>,
+    batch: GroupedBatch<B>,
+    gates: Option<Tensor<B, 2>>,
+    kernels: &Kernels<B>,
+) -> GroupedBatch<B> {
+    match (gates, mode) {
+        (None, _) => batch.map(|_, x| block.forward_with(x, kernels)),
+        (Some(gates), ExecutionMode::Sparse) => sparse_grouped(block, batch, gates, kernels),
+        (Some(gates), _) => GroupedBatch::new(masked_with(block, batch.into_tensor(), gates, kernels)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::block::{BlockKind, MultiPathBlockConfig};
+    use burn::backend::{Autodiff, Flex};
+    use burn::tensor::activation::relu;
+    use burn::tensor::{Distribution, TensorData, Tolerance};
+
+    type B = Flex;
+    type AD = Autodiff<Flex>;
+
+    fn configs() -> Vec<MultiPathBlockConfig> {
+        vec![
+            // bottleneck with projection: 8 -> 16 channels, stride 2, 3 paths of width 2
+            MultiPathBlockConfig::new(BlockKind::Bottleneck, 8, 16, 3, 2).with_stride(2),
+            // basic with identity shortcut: 6 -> 6 channels, 2 paths of width 3
+            MultiPathBlockConfig::split(BlockKind::Basic, 6, 6, 6, 2),
+        ]
+    }
+
+    fn input<Bk: Backend>(config: &MultiPathBlockConfig, batch: usize) -> Tensor<Bk, 4> {
+        Tensor::random([batch, config.channels_in, 5, 5], Distribution::Normal(0.0, 1.0), &Default::default())
+    }
+
+    fn gates<Bk: Backend>(rows: &[&[f32]]) -> Tensor<Bk, 2> {
+        let n = rows[0].len();
+        let flat: Vec<f32> = rows.iter().flat_map(|r| r.iter().copied()).collect();
+        Tensor::from_data(TensorData::new(flat, [rows.len(), n]), &Default::default())
+    }
+
+    #[test]
+    fn all_gates_on_equals_static_block() {
+        let device = Default::default();
+        for c in configs() {
+            let block = c.init::<B>(&device);
+            let x = input::<B>(&c, 3);
+            let ones = Tensor::<B, 2>::ones([3, c.num_paths], &device);
+            let expected = block.forward(x.clone()).into_data();
+            masked(&block, x.clone(), ones.clone())
+                .into_data()
+                .assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+            sparse(&block, x, ones).into_data().assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
+        }
+    }
+
+    #[test]
+    fn all_gates_off_is_relu_of_shortcut() {
+        let device = Default::default();
+        for c in configs() {
+            let block = c.init::<B>(&device);
+            let x = input::<B>(&c, 3);
+            let zeros = Tensor::<B, 2>::zeros([3, c.num_paths], &device);
+            let expected = relu(block.shortcut(x.clone())).into_data();
+            for y in [masked(&block, x.clone(), zeros.clone()), sparse(&block, x.clone(), zeros.clone())] {
+                y.into_data().assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-6));
+            }
+        }
+    }
+
+    #[test]
+    fn sparse_equals_masked_in_inference() {
+        let device = Default::default();
+        let c = &configs()[0];
+        let block = c.init::<B>(&device);
+        let x = input::<B>(c, 4);
+        // path 0 on for two samples, path 1 on for all, path 2 off for all
+        let patterns = [
+            gates::<B>(&[&[1.0, 1.0, 0.0], &[0.0, 1.0, 0.0], &[1.0, 1.0, 0.0], &[0.0, 1.0, 0.0]]),
+            gates::<B>(&[&[0.0, 0.0, 1.0], &[0.0, 0.0, 0.0], &[0.0, 0.0, 0.0], &[1.0, 0.0, 1.0]]),
+        ];
+        for g in patterns {
+            let masked = masked(&block, x.clone(), g.clone()).into_data();
+            sparse(&block, x.clone(), g).into_data().assert_approx_eq::<f32>(&masked, Tolerance::absolute(1e-4));
+        }
+    }
+
+    /// A sample group of one image computes what the batch computes for it (no batch-1
+    /// convolution for a group of a larger batch), so sparse equals masked to the bit.
+    #[test]
+    fn a_one_sample_group_computes_what_the_batch_does() {
+        let device = Default::default();
+        let c = &configs()[1];
+        let block = c.init::<B>(&device);
+        let x = Tensor::<B, 4>::random([3, c.channels_in, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+        // sample 0 alone in its group, samples 1 and 2 together
+        let g = gates::<B>(&[&[1.0, 0.0], &[1.0, 1.0], &[1.0, 1.0]]);
+        let masked = masked(&block, x.clone(), g.clone()).into_data();
+        sparse(&block, x, g).into_data().assert_eq(&masked, true);
+    }
+
+    /// Inputs large enough for concurrent branches give the sums of the paths run one by one,
+    /// in the same order, to the bit.
+    #[test]
+    fn concurrent_branches_sum_like_one_after_the_other() {
+        let device = Default::default();
+        for c in [
+            MultiPathBlockConfig::split(BlockKind::Basic, 16, 16, 16, 2),
+            MultiPathBlockConfig::new(BlockKind::Bottleneck, 16, 32, 3, 4).with_stride(2),
+        ] {
+            let block = c.init::<B>(&device);
+            let x = Tensor::<B, 4>::random([4, 16, 32, 32], Distribution::Normal(0.0, 1.0), &device);
+            assert!(Kernels::<B>::probe(&device, 4).concurrent(block.largest_activation(x.dims())));
+            let one_by_one =
+                block.paths.iter().fold(block.shortcut(x.clone()), |sum, path| sum + path.forward(x.clone()));
+            block.forward(x.clone()).into_data().assert_eq(&relu(one_by_one).into_data(), true);
+            let g = gates::<B>(&[&[1.0, 0.0, 1.0], &[0.0, 1.0, 1.0], &[1.0, 1.0, 1.0], &[0.0, 0.0, 0.0]])
+                .slice([0..4, 0..c.num_paths]);
+            let masked = masked(&block, x.clone(), g.clone()).into_data();
+            sparse(&block, x, g).into_data().assert_approx_eq::<f32>(&masked, Tolerance::absolute(1e-5));
+        }
+    }
+
+    /// With every fast path off (the seam's off-switch) both modes still agree to the bit.
+    #[test]
+    fn sparse_equals_masked_with_fast_paths_off() {
+        let device = Default::default();
+        let c = &configs()[1];
+        let block = c.init::<B>(&device);
+        let off = Kernels::<B>::new(&device, 3, crate::backend::FastPaths::NONE);
+        let x = Tensor::<B, 4>::random([3, c.channels_in, 9, 9], Distribution::Normal(0.0, 1.0), &device);
+        let g = gates::<B>(&[&[1.0, 0.0], &[1.0, 1.0], &[0.0, 1.0]]);
+        let masked = masked_with(&block, x.clone(), g.clone(), &off).into_data();
+        sparse_grouped(&block, GroupedBatch::new(x), g, &off).into_tensor().into_data().assert_eq(&masked, true);
+    }
+
+    #[test]
+    fn sparse_under_autodiff_reaches_gates_and_weights() {
+        let device = Default::default();
+        let c = &configs()[0];
+        let block = c.init::<AD>(&device);
+        let x = input::<AD>(c, 3).require_grad();
+        let g = gates::<AD>(&[&[1.0, 0.0, 1.0], &[0.0, 0.0, 1.0], &[1.0, 0.0, 0.0]]).require_grad();
+        let grads = sparse(&block, x.clone(), g.clone()).sum().backward();
+        let gg = g.grad(&grads).unwrap().into_data().to_vec::<f32>().unwrap();
+        // gradients reach the gates of the rows a path served
+        assert!(gg[0] != 0.0 && gg[2] != 0.0 && gg[5] != 0.0, "{gg:?}");
+        assert!(block.paths[0].convs()[0].weight.grad(&grads).is_some());
+        // path 1 served nobody: it did not run
+        assert!(block.paths[1].convs()[0].weight.grad(&grads).is_none());
+    }
+
+    #[test]
+    #[should_panic = "gates of shape [2, 2] do not fit a block with batch_size=2, num_paths=3"]
+    fn wrong_gate_width_panics() {
+        let device = Default::default();
+        let c = &configs()[0];
+        let block = c.init::<B>(&device);
+        let _ = masked(&block, input::<B>(c, 2), Tensor::ones([2, 2], &device));
+    }
+}

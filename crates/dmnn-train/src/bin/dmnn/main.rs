@@ -1,0 +1,235 @@
+//! `dmnn`: train, evaluate and measure Dynamic Multi-path Neural Networks.
+//!
+//! Run through `cargo xtask <command>`, which builds this binary with the requested backend. The
+//! binary parses and prints; the work is dmnn-train's library.
+
+mod backend;
+mod cli;
+mod print;
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use burn::tensor::backend::AutodiffBackend;
+use clap::Parser;
+use dmnn_core::gate::GateOptions;
+use dmnn_core::DmnnConfig;
+use dmnn_train::bench::{machine_description, machine_tag, run_bench, write_csv, BenchConfig};
+use dmnn_train::config::TrainConfig;
+use dmnn_train::eval::{eval_run, EvalRequest};
+use dmnn_train::run::{load_run_model, RunDir};
+use dmnn_train::train::{train, RunOptions};
+
+use backend::{dispatch, BackendJob};
+use cli::{BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, TrainArgs};
+
+// Burn's CPU backend allocates a fresh buffer for every op; with glibc's default thresholds the
+// large ones are mmap'd and unmapped each time (page faults, TLB shootdowns). mimalloc keeps them
+// (docs/decisions.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Cost(args) => cost(args),
+        Command::Train(args) => run_train(args, false),
+        Command::TrainImagenet(args) => run_train(args, true),
+        Command::InitFromTorchvision(args) => init_from_torchvision(args),
+        Command::Export(args) => export(args),
+        Command::Bench(args) => {
+            if args.memory_case.is_none() && !args.pipeline {
+                restart_without_purging();
+            }
+            let backend = args.backend.clone();
+            dispatch(backend.backend, backend.device, BenchJob(args))
+        }
+        Command::Eval(args) => {
+            let backend = args.backend.clone();
+            dispatch(backend.backend, backend.device, EvalJob(args))
+        }
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+/// mimalloc's option that delays (in ms) returning freed memory to the system; -1 never does.
+const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
+
+/// Bench timings run with mimalloc's purging off (docs/decisions.md): mimalloc reads its options
+/// when the process starts, so the bench re-executes itself with the variable set, unless the
+/// caller set it.
+fn restart_without_purging() {
+    #[cfg(unix)]
+    if std::env::var_os(PURGE_DELAY_VAR).is_none() {
+        use std::os::unix::process::CommandExt;
+        let Ok(exe) = std::env::current_exe() else { return };
+        // `exec` only returns on failure
+        let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(PURGE_DELAY_VAR, "-1").exec();
+        eprintln!("warning: could not restart with {PURGE_DELAY_VAR}=-1 ({err}); timing with mimalloc's default purging");
+    }
+}
+
+fn cost(args: CostArgs) -> Result<()> {
+    if args.model == "list" {
+        for name in dmnn_core::presets::PRESETS {
+            println!("{name}");
+        }
+        return Ok(());
+    }
+    let mut config = DmnnConfig::preset(&args.model)?;
+    if let Some(k) = args.num_classes {
+        config.num_classes = k;
+    }
+    let size = args.image_size.unwrap_or(config.image_size);
+    print::cost(&config, size, args.json);
+    Ok(())
+}
+
+fn run_train(args: TrainArgs, imagenet: bool) -> Result<()> {
+    let (config, resume, out) = match &args.run.resume {
+        Some(dir) => (RunDir::new(dir).read_config()?, true, Some(dir.clone())),
+        None => (args.resolve(imagenet)?, false, args.run.out.clone()),
+    };
+    let job = TrainJob { config, resume, out, plain: args.run.plain };
+    dispatch(args.backend.backend, args.backend.device, job)
+}
+
+struct TrainJob {
+    config: TrainConfig,
+    resume: bool,
+    out: Option<PathBuf>,
+    plain: bool,
+}
+
+impl BackendJob for TrainJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
+        let options = RunOptions { out: self.out, plain: self.plain, backend: name.to_string() };
+        let (summary, dir) = train::<B>(self.config, device, options, self.resume)?;
+        print::train_summary(&summary, dir.root());
+        Ok(())
+    }
+}
+
+struct EvalJob(EvalArgs);
+
+impl BackendJob for EvalJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _name: &str) -> Result<()> {
+        let args = self.0;
+        let mut gate = GateOptions::default();
+        if let Some(t) = args.threshold {
+            gate = gate.with_threshold(t).context("--threshold")?;
+        }
+        let request = EvalRequest {
+            run: args.checkpoint.clone(),
+            data: args.data.clone(),
+            val_labels: args.val_labels.clone(),
+            val_synsets: args.val_synsets.clone(),
+            mode: args.mode.into(),
+            gate,
+            batch_size: args.batch_size,
+            max_batches: args.max_batches,
+            recalibrate_batches: args.recalibrate_batches,
+            initial_weights: args.initial_weights.clone(),
+        };
+        let report = eval_run::<B>(&request, device)?;
+        if let Some(note) = &report.weights_note {
+            eprintln!("{note}");
+        }
+        if args.json {
+            print::eval_json(&report);
+        } else {
+            print::eval_table(&report, &request.mode.to_string(), args.recalibrate_batches);
+        }
+        Ok(())
+    }
+}
+
+struct BenchJob(BenchArgs);
+
+impl BackendJob for BenchJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
+        let args = self.0;
+        if args.pipeline {
+            let photos = [PathBuf::from("data/photos"), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/photos"))]
+                .into_iter()
+                .find(|p| p.is_dir())
+                .unwrap_or_else(|| PathBuf::from("data/photos"));
+            let (files, n, secs, rate) = dmnn_train::bench::bench_pipeline(&photos, 600)?;
+            println!(
+                "ImageNet input pipeline (decode + RandomResizedCrop 224 + flip + normalise), one core, {files} JPEG photographs of 300-640 px: {n} images in {secs:.2} s = {rate:.0} images/s per core ({})",
+                machine_description("cpu")
+            );
+            return Ok(());
+        }
+        let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
+        if let Some(r) = args.reps {
+            config.reps = r;
+            config.min_seconds = 0.0;
+        }
+        if let Some(case) = &args.memory_case {
+            dmnn_train::bench::run_memory_case::<B::InnerBackend>(case, config.seed, &device)?;
+            let peak = dmnn_train::bench::peak_rss_mib().context("this system does not report the peak resident set (/proc/self/status)")?;
+            println!("peak_rss_mib {peak:.1}");
+            return Ok(());
+        }
+        let fast_paths = dmnn_core::FastPaths::probe::<B::InnerBackend>(&device);
+        let machine = format!("{}; fast paths: {}", machine_description(name), fast_paths.describe());
+        println!("dmnn bench on {machine}");
+        if fast_paths == dmnn_core::FastPaths::NONE {
+            println!("(every backend fast path is off: Burn's own operations throughout; {}=off or a backend without them)", dmnn_core::backend::FAST_PATHS_ENV);
+        }
+        println!(
+            "(Sparse checked equal to Masked within 1e-4 before timing; times are medians of at least {} rounds after warm-up, \
+             more for a fast case until {} s are spent; efficiency from the median ratio of each sparse run to the full run just before it)",
+            config.reps, config.min_seconds
+        );
+        print::bench_header();
+        let rows = run_bench::<B>(&config, &device, print::bench_row)?;
+        let out = args.out.unwrap_or_else(|| {
+            let suffix = if args.quick { "-quick" } else { "" };
+            PathBuf::from(format!("results/bench-{}{suffix}.csv", machine_tag(name)))
+        });
+        write_csv(&out, &rows, &machine)?;
+        println!("wrote {}", out.display());
+        if name.starts_with("cpu") {
+            let exe = std::env::current_exe().context("locating the dmnn binary")?;
+            println!("peak resident memory, each case in a fresh process:");
+            let memory = dmnn_train::bench::measure_peak_memory(&exe, &rows, |case, peak| println!("  {case:<32} {peak:>8.1} MiB"))?;
+            let memory_out =
+                out.with_file_name(format!("{}-memory.csv", out.file_stem().and_then(|s| s.to_str()).unwrap_or("bench")));
+            dmnn_train::bench::write_memory_csv(&memory_out, &memory, &machine)?;
+            println!("wrote {}", memory_out.display());
+        }
+        if args.compare_pytorch {
+            dmnn_train::bench::compare_pytorch(&rows)?;
+        }
+        Ok(())
+    }
+}
+
+fn init_from_torchvision(args: InitArgs) -> Result<()> {
+    let done = dmnn_train::init::init_from_torchvision(&args.weights, &args.model, args.num_classes, args.new_head, &args.out)?;
+    println!("{}", done.note);
+    if let Some((rel, agree)) = done.parity {
+        println!("all paths on vs the ResNet on 4 random images: relative logit difference {rel:.4}, same top-1 on {agree}/4");
+    }
+    println!("wrote {} (config.json, model.mpk): `dmnn eval --checkpoint {} --data ...`", done.out.display(), done.out.display());
+    Ok(())
+}
+
+fn export(args: ExportArgs) -> Result<()> {
+    use burn::backend::Flex;
+    let (_, model) = load_run_model::<Flex>(&args.checkpoint, &Default::default())?;
+    dmnn_core::weights::save_torchvision(&model, &args.out)?;
+    println!("wrote {} ({} with torchvision key names)", args.out.display(), model.config.name);
+    Ok(())
+}

@@ -1,0 +1,104 @@
+//! Run logs and atomic file writes.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Writes a file atomically: to a temporary name in the same directory, synced, then renamed.
+///
+/// # Errors
+/// Any I/O error of the write, the sync or the rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension(format!(
+        "{}.tmp",
+        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+    ));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC).
+pub fn timestamp() -> String {
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // civil-from-days (Howard Hinnant)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}{m:02}{d:02}-{:02}{:02}{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// A line-oriented log shared by the renderer and the driver: to the terminal (stderr) and to
+/// `train.log` in the run directory.
+#[derive(Clone)]
+pub struct RunLog {
+    file: Arc<Mutex<Option<File>>>,
+    quiet: bool,
+}
+
+impl RunLog {
+    /// A log appending to `path`; `quiet` keeps it off the terminal (Burn's TUI owns it).
+    ///
+    /// # Errors
+    /// If `path` cannot be opened for appending.
+    pub fn open(path: &Path, quiet: bool) -> std::io::Result<Self> {
+        let file = OpenOptions::new().create(true).append(true).open(path)?;
+        Ok(Self { file: Arc::new(Mutex::new(Some(file))), quiet })
+    }
+
+    /// A log that only prints.
+    pub fn stderr() -> Self {
+        Self { file: Arc::new(Mutex::new(None)), quiet: false }
+    }
+
+    /// Writes one line.
+    pub fn line(&self, text: &str) {
+        if !self.quiet {
+            eprintln!("{text}");
+        }
+        self.file_only(text);
+    }
+
+    /// Writes one line to the file only.
+    pub fn file_only(&self, text: &str) {
+        if let Some(f) = self.file.lock().expect("log file").as_mut() {
+            let _ = writeln!(f, "{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamp_has_the_right_shape() {
+        let t = timestamp();
+        assert_eq!(t.len(), 15, "{t}");
+        assert!(t.starts_with("20"), "{t}");
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file() {
+        let dir = std::env::temp_dir().join(format!("dmnn-atomic-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("summary.json");
+        write_atomic(&p, b"{\"a\":1}").unwrap();
+        write_atomic(&p, b"{\"a\":2}").unwrap();
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"a\":2}");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -1,0 +1,150 @@
+//! The run directory: resolved configuration, checkpoints written atomically, a per-epoch CSV of
+//! metrics, a log, and the final summary.
+//!
+//! ```text
+//! runs/<timestamp>-<model>-<paths>p-t<target>/
+//!   config.json        the resolved training configuration (what --resume reads)
+//!   checkpoint/        model-<epoch>.mpk, optim-<epoch>.mpk, scheduler-<epoch>.mpk (Burn's Learner)
+//!   metrics.csv        one row per epoch: train_* and valid_* columns
+//!   train.log          progress lines and messages
+//!   experiment.log     Burn's own log
+//!   model.mpk          the final network (inference record)
+//!   summary.json       test accuracy, GMACs mean ± std, params, wall time, ...
+//! ```
+
+mod log;
+mod recorder;
+mod renderer;
+
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::record::Recorder;
+use burn::tensor::backend::Backend;
+use dmnn_core::Dmnn;
+
+pub use log::*;
+pub use recorder::*;
+pub use renderer::*;
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+use crate::step::DmnnClassifier;
+
+/// The names of the files of a run directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunDir {
+    root: PathBuf,
+}
+
+/// The records of one checkpoint, as the Learner names them.
+pub const CHECKPOINT_RECORDS: [&str; 3] = ["model", "optim", "scheduler"];
+
+impl RunDir {
+    /// The run directory at `root`.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    /// The directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// `config.json`.
+    pub fn config(&self) -> PathBuf {
+        self.root.join("config.json")
+    }
+
+    /// `checkpoint/`.
+    pub fn checkpoints(&self) -> PathBuf {
+        self.root.join("checkpoint")
+    }
+
+    /// The record `name` (`model`, `optim`, `scheduler`) of checkpoint `epoch`, without its
+    /// extension (as recorders take it).
+    pub fn checkpoint(&self, name: &str, epoch: usize) -> PathBuf {
+        self.checkpoints().join(format!("{name}-{epoch}"))
+    }
+
+    /// The final network's record, without its extension.
+    pub fn model(&self) -> PathBuf {
+        self.root.join("model")
+    }
+
+    /// `metrics.csv`.
+    pub fn metrics(&self) -> PathBuf {
+        self.root.join("metrics.csv")
+    }
+
+    /// `summary.json`.
+    pub fn summary(&self) -> PathBuf {
+        self.root.join("summary.json")
+    }
+
+    /// `train.log`.
+    pub fn log(&self) -> PathBuf {
+        self.root.join("train.log")
+    }
+
+    /// The latest epoch whose model, optimiser and scheduler checkpoints all exist.
+    pub fn latest_checkpoint(&self) -> Option<usize> {
+        let entries = std::fs::read_dir(self.checkpoints()).ok()?;
+        entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.strip_prefix("model-")?.strip_suffix(".mpk")?.parse().ok()
+            })
+            .filter(|&k| CHECKPOINT_RECORDS.iter().all(|n| self.checkpoint(n, k).with_extension("mpk").is_file()))
+            .max()
+    }
+
+    /// The run's configuration.
+    ///
+    /// # Errors
+    /// If the directory or its `config.json` is missing, or the file is not a configuration.
+    pub fn read_config(&self) -> Result<TrainConfig> {
+        if !self.root.is_dir() {
+            return Err(TrainError::NotARun { path: self.root.clone(), reason: "no such directory".into() });
+        }
+        if !self.config().is_file() {
+            return Err(TrainError::NotARun { path: self.root.clone(), reason: "it has no config.json".into() });
+        }
+        TrainConfig::read_run_config(&self.config())
+    }
+
+    /// The run's configuration and inference network: `model.mpk`, or the latest checkpoint's
+    /// model when the run did not finish.
+    ///
+    /// # Errors
+    /// A missing or damaged record, named.
+    pub fn load_model<B: Backend>(&self, device: &B::Device) -> Result<(TrainConfig, Dmnn<B>)> {
+        let config = self.read_config()?;
+        let model = config.model.try_init::<B>(device)?;
+        let final_path = self.model();
+        let damaged = |path: &Path, e| TrainError::record(&path.with_extension("mpk"), e);
+        let model = if final_path.with_extension("mpk").is_file() {
+            let record = AtomicRecorder.load(final_path.clone(), device).map_err(|e| damaged(&final_path, e))?;
+            model.load_record(record)
+        } else {
+            let epoch = self.latest_checkpoint().ok_or_else(|| TrainError::NotARun {
+                path: self.root.clone(),
+                reason: "it has no model.mpk and no complete checkpoint".into(),
+            })?;
+            let path = self.checkpoint("model", epoch);
+            let wrapper = DmnnClassifier::for_inference(model, config.objective.clone());
+            let record = AtomicRecorder.load(path.clone(), device).map_err(|e| damaged(&path, e))?;
+            wrapper.load_record(record).model
+        };
+        Ok((config, model))
+    }
+}
+
+/// Loads the inference network of a run directory (`model.mpk`, or the latest checkpoint).
+///
+/// # Errors
+/// See [`RunDir::load_model`].
+pub fn load_run_model<B: Backend>(dir: &Path, device: &B::Device) -> Result<(TrainConfig, Dmnn<B>)> {
+    RunDir::new(dir).load_model(device)
+}

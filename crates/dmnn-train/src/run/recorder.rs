@@ -1,0 +1,162 @@
+//! The recorder of every checkpoint and model file: Burn's named MessagePack format, written
+//! atomically, and read back from records of older dmnn versions.
+
+use std::path::PathBuf;
+
+use burn::record::{FileRecorder, FullPrecisionSettings, Recorder, RecorderError};
+use burn::tensor::backend::Backend;
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::log::write_atomic;
+
+/// Burn's named MessagePack recorder (the same bytes as `NamedMpkFileRecorder`), made atomic: the
+/// record is written to `<name>.mpk.tmp`, synced and renamed to `<name>.mpk`, so a run killed
+/// mid-write never leaves a checkpoint that fails to load.
+///
+/// Records written before dmnn's module layout changed are migrated on load
+/// ([`migrate_record`]): they keep loading, bit for bit.
+#[derive(Debug, Default, Clone)]
+pub struct AtomicRecorder;
+
+impl<B: Backend> FileRecorder<B> for AtomicRecorder {
+    fn file_extension() -> &'static str {
+        "mpk"
+    }
+}
+
+impl<B: Backend> Recorder<B> for AtomicRecorder {
+    type Settings = FullPrecisionSettings;
+    type RecordArgs = PathBuf;
+    type RecordOutput = ();
+    type LoadArgs = PathBuf;
+
+    fn save_item<I: Serialize>(&self, item: I, file: PathBuf) -> Result<(), RecorderError> {
+        let path = file.with_extension("mpk");
+        let bytes = rmp_serde::to_vec_named(&item).map_err(|e| RecorderError::Unknown(e.to_string()))?;
+        write_atomic(&path, &bytes).map_err(|e| RecorderError::Unknown(format!("{}: {e}", path.display())))
+    }
+
+    fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
+        let path = file.with_extension("mpk");
+        let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => RecorderError::FileNotFound(path.display().to_string()),
+            _ => RecorderError::Unknown(format!("{}: {e}", path.display())),
+        })?;
+        let first = match rmp_serde::from_slice::<I>(&bytes) {
+            Ok(item) => return Ok(item),
+            Err(e) => e,
+        };
+        // a record of an older layout decodes as a value, migrates, and decodes again
+        let migrated = rmpv::decode::read_value(&mut bytes.as_slice()).ok().and_then(|mut value| {
+            migrate_record(&mut value).then(|| {
+                let mut out = Vec::with_capacity(bytes.len());
+                rmpv::encode::write_value(&mut out, &value).ok().map(|_| out)
+            })?
+        });
+        match migrated {
+            Some(bytes) => rmp_serde::from_slice::<I>(&bytes).map_err(|e| RecorderError::DeserializeError(e.to_string())),
+            None => Err(RecorderError::DeserializeError(first.to_string())),
+        }
+    }
+}
+
+/// Rewrites, in place, a record written before the layout changes of dmnn 0.1 (commit 65f1d8b
+/// and earlier): a path became an enum of its kind (`{conv1, .., conv3: nil, bn3: nil}` →
+/// `{"Basic": {conv1, bn1, conv2, bn2}}`, with `conv3` → `{"Bottleneck": {..}}`), and the
+/// controller's `gru` / `lstm` options one `recurrent` option of an enum. Returns whether it
+/// changed anything; a record of the current layout is left alone.
+pub fn migrate_record(value: &mut rmpv::Value) -> bool {
+    let mut changed = false;
+    match value {
+        rmpv::Value::Map(entries) => {
+            if let Some(paths) = entries.iter_mut().find(|(k, _)| k.as_str() == Some("paths")).map(|(_, v)| v) {
+                if let rmpv::Value::Array(paths) = paths {
+                    for path in paths.iter_mut() {
+                        changed |= migrate_path(path);
+                    }
+                }
+            }
+            changed |= migrate_recurrent(entries);
+            for (_, v) in entries.iter_mut() {
+                changed |= migrate_record(v);
+            }
+        }
+        rmpv::Value::Array(items) => {
+            for v in items.iter_mut() {
+                changed |= migrate_record(v);
+            }
+        }
+        _ => {}
+    }
+    changed
+}
+
+fn key(name: &str) -> rmpv::Value {
+    rmpv::Value::String(name.into())
+}
+
+fn take(entries: &mut Vec<(rmpv::Value, rmpv::Value)>, name: &str) -> Option<rmpv::Value> {
+    let i = entries.iter().position(|(k, _)| k.as_str() == Some(name))?;
+    Some(entries.remove(i).1)
+}
+
+/// An old path record (a map with `conv1`) becomes `{Kind: {fields}}`.
+fn migrate_path(path: &mut rmpv::Value) -> bool {
+    let rmpv::Value::Map(entries) = path else { return false };
+    if !entries.iter().any(|(k, _)| k.as_str() == Some("conv1")) {
+        return false;
+    }
+    let bottleneck = entries.iter().any(|(k, v)| k.as_str() == Some("conv3") && !v.is_nil());
+    let mut fields = std::mem::take(entries);
+    if !bottleneck {
+        fields.retain(|(k, _)| !matches!(k.as_str(), Some("conv3" | "bn3")));
+    }
+    let kind = if bottleneck { "Bottleneck" } else { "Basic" };
+    *path = rmpv::Value::Map(vec![(key(kind), rmpv::Value::Map(fields))]);
+    true
+}
+
+/// An old controller record (`gru` and `lstm` options) gets one `recurrent` option.
+fn migrate_recurrent(entries: &mut Vec<(rmpv::Value, rmpv::Value)>) -> bool {
+    let has = |entries: &Vec<(rmpv::Value, rmpv::Value)>, name: &str| entries.iter().any(|(k, _)| k.as_str() == Some(name));
+    if !(has(entries, "gru") && has(entries, "lstm") && has(entries, "blocks")) {
+        return false;
+    }
+    let gru = take(entries, "gru").filter(|v| !v.is_nil());
+    let lstm = take(entries, "lstm").filter(|v| !v.is_nil());
+    let recurrent = match (gru, lstm) {
+        (Some(cell), _) => rmpv::Value::Map(vec![(key("Gru"), cell)]),
+        (None, Some(cell)) => rmpv::Value::Map(vec![(key("Lstm"), cell)]),
+        (None, None) => rmpv::Value::Nil,
+    };
+    entries.push((key("recurrent"), recurrent));
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rmpv::Value;
+
+    fn map(entries: &[(&str, Value)]) -> Value {
+        Value::Map(entries.iter().map(|(k, v)| (key(k), v.clone())).collect())
+    }
+
+    #[test]
+    fn old_paths_and_cells_are_rewritten_once() {
+        let tensor = Value::Integer(1.into());
+        let basic = map(&[("conv1", tensor.clone()), ("bn1", tensor.clone()), ("conv2", tensor.clone()), ("bn2", tensor.clone()), ("conv3", Value::Nil), ("bn3", Value::Nil)]);
+        let bottleneck = map(&[("conv1", tensor.clone()), ("conv3", tensor.clone()), ("bn3", tensor.clone())]);
+        let controller = map(&[("blocks", Value::Array(vec![])), ("gru", Value::Nil), ("lstm", tensor.clone()), ("num_paths", Value::Nil)]);
+        let mut record = map(&[
+            ("layers", Value::Array(vec![Value::Array(vec![map(&[("paths", Value::Array(vec![basic, bottleneck]))])])])),
+            ("controller", controller),
+        ]);
+        assert!(migrate_record(&mut record));
+        let text = format!("{record}");
+        assert!(text.contains(r#"{"Basic": {"conv1": 1, "bn1": 1, "conv2": 1, "bn2": 1}}"#), "{text}");
+        assert!(text.contains(r#"{"Bottleneck": {"conv1": 1, "conv3": 1, "bn3": 1}}"#), "{text}");
+        assert!(text.contains(r#""recurrent": {"Lstm": 1}"#) && !text.contains("gru"), "{text}");
+        assert!(!migrate_record(&mut record), "a migrated record is left alone");
+    }
+}
