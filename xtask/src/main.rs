@@ -19,7 +19,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
-const DMNN_COMMANDS: [&str; 7] = ["train", "train-imagenet", "eval", "cost", "bench", "init-from-torchvision", "export"];
+const DMNN_COMMANDS: [&str; 7] =
+    ["train", "train-imagenet", "eval", "cost", "bench", "init-from-torchvision", "export"];
 /// Commands that run on the CPU build whatever the backend.
 const CPU_ONLY: [&str; 3] = ["cost", "init-from-torchvision", "export"];
 const BACKENDS: [&str; 3] = ["cpu", "wgpu", "cuda"];

@@ -111,7 +111,12 @@ impl DmnnConfig {
             return Err(ConfigError::EmptyStages { model: model() });
         }
         if self.stage_widths.len() != stages {
-            return Err(ConfigError::StageCount { model: model(), field: "stage_widths", len: self.stage_widths.len(), stages });
+            return Err(ConfigError::StageCount {
+                model: model(),
+                field: "stage_widths",
+                len: self.stage_widths.len(),
+                stages,
+            });
         }
         if self.num_paths == 0 || self.num_classes == 0 || self.in_channels == 0 || self.stem_width == 0 {
             return Err(ConfigError::NotPositive {

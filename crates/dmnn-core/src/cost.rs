@@ -63,9 +63,7 @@ impl CostReport {
 
     /// MACs that run whatever the gates say: stem, shortcuts, controllers, classifier.
     pub fn ungated_macs(&self) -> u64 {
-        self.stem_macs
-            + self.head_macs
-            + self.blocks.iter().map(|b| b.shortcut_macs + b.controller_macs).sum::<u64>()
+        self.stem_macs + self.head_macs + self.blocks.iter().map(|b| b.shortcut_macs + b.controller_macs).sum::<u64>()
     }
 
     /// MACs of all paths of all blocks for one sample.
@@ -81,13 +79,7 @@ impl CostReport {
     /// MACs of one sample whose block `l` has `open[l]` paths on.
     pub fn macs_with_open_paths(&self, open: &[usize]) -> u64 {
         assert_eq!(open.len(), self.blocks.len(), "open path counts: one per block");
-        self.ungated_macs()
-            + self
-                .blocks
-                .iter()
-                .zip(open)
-                .map(|(b, &n)| b.path_macs * n as u64)
-                .sum::<u64>()
+        self.ungated_macs() + self.blocks.iter().zip(open).map(|(b, &n)| b.path_macs * n as u64).sum::<u64>()
     }
 }
 

@@ -55,8 +55,10 @@ impl DmnnConfig {
         for (stage, block) in &blocks {
             layers[*stage].push(block.init(device));
         }
-        let controller =
-            self.controller.as_ref().map(|c| c.init(&Self::specs_of(&blocks), self.num_paths, self.num_classes, device));
+        let controller = self
+            .controller
+            .as_ref()
+            .map(|c| c.init(&Self::specs_of(&blocks), self.num_paths, self.num_classes, device));
         let stem = self.stem.conv();
         Ok(Dmnn {
             conv1: resnet_conv(self.in_channels, self.stem_width, stem.kernel, stem.stride, device),
@@ -162,7 +164,9 @@ impl<B: Backend> Dmnn<B> {
         let device = input.device();
         let mode = options.mode.resolve::<B>(&device);
         let num_blocks = self.num_blocks();
-        for (what, len) in [("gates", options.gates.as_ref().map(Vec::len)), ("noise", options.noise.as_ref().map(Vec::len))] {
+        for (what, len) in
+            [("gates", options.gates.as_ref().map(Vec::len)), ("noise", options.noise.as_ref().map(Vec::len))]
+        {
             if let Some(len) = len {
                 assert_eq!(len, num_blocks, "{len} {what} tensors given for {num_blocks} gated blocks");
             }

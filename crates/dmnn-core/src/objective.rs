@@ -135,9 +135,8 @@ impl ObjectiveConfig {
                 }
             }
         };
-        let total = ce.clone()
-            + aux.clone().mul_scalar(self.aux_loss_weight)
-            + cost.clone().mul_scalar(self.cost_loss_weight);
+        let total =
+            ce.clone() + aux.clone().mul_scalar(self.aux_loss_weight) + cost.clone().mul_scalar(self.cost_loss_weight);
         LossTerms { total, ce, aux, cost }
     }
 }
@@ -145,9 +144,9 @@ impl ObjectiveConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{DmnnConfig, ForwardOptions};
     use burn::backend::{Autodiff, Flex};
     use burn::tensor::{Distribution, TensorData};
-    use crate::{DmnnConfig, ForwardOptions};
 
     type AD = Autodiff<Flex>;
 
@@ -159,7 +158,12 @@ mod tests {
         let y = Tensor::<AD, 1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 3], [4]), &device);
         // half the paths on in every block: the gated share is exactly 0.5
         let gates: Vec<_> = (0..model.num_blocks())
-            .map(|_| Tensor::<AD, 2>::from_data(TensorData::new(vec![1f32, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], [4, 2]), &device))
+            .map(|_| {
+                Tensor::<AD, 2>::from_data(
+                    TensorData::new(vec![1f32, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0], [4, 2]),
+                    &device,
+                )
+            })
             .collect();
         let out = model.forward_with(x, ForwardOptions::default().with_gates(gates));
         for penalty in [CostPenalty::Network, CostPenalty::PerBlock] {
@@ -174,6 +178,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_target() {
-        assert!(ObjectiveConfig::new().with_target_rate(1.5).validate().unwrap_err().to_string().contains("target_rate=1.5"));
+        assert!(ObjectiveConfig::new()
+            .with_target_rate(1.5)
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("target_rate=1.5"));
     }
 }

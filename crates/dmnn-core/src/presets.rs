@@ -73,9 +73,7 @@ const TABLE: [(&str, fn(&str) -> DmnnConfig); 11] = [
     ("dmnn50_4x24d", |n| dmnn(n, &RESNET50_BLOCKS, 4, 24)),
     ("dmnn50_2x32d", |n| dmnn(n, &RESNET50_BLOCKS, 2, 32)),
     ("dmnn101", |n| dmnn(n, &RESNET101_BLOCKS, 2, 40)),
-    ("dmnn_small", |n| {
-        small(n).with_num_paths(2).with_controller(Some(ControllerConfig::new().with_hidden_size(16)))
-    }),
+    ("dmnn_small", |n| small(n).with_num_paths(2).with_controller(Some(ControllerConfig::new().with_hidden_size(16)))),
     ("resnet_small", small),
     ("resnet_small_thin", |n| small(n).scale_width(SMALL_THIN_FACTOR)),
 ];

@@ -39,12 +39,14 @@ fn a_wrapped_backend_computes_what_flex_computes() {
     let gates: Vec<Tensor<Flex, 2>> = (0..flex_model.num_blocks())
         .map(|_| Tensor::random([5, 2], Distribution::Bernoulli(0.6), &Default::default()))
         .collect();
-    let expected = flex_model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates.clone()));
+    let expected =
+        flex_model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates.clone()));
 
     let device = dispatch_flex();
     let model = on::<Dispatch>(&flex_model, &device);
     let x = Tensor::<Dispatch, 4>::from_data(x.into_data(), &device);
-    let gates: Vec<Tensor<Dispatch, 2>> = gates.into_iter().map(|g| Tensor::from_data(g.into_data(), &device)).collect();
+    let gates: Vec<Tensor<Dispatch, 2>> =
+        gates.into_iter().map(|g| Tensor::from_data(g.into_data(), &device)).collect();
     let sparse = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates.clone()));
     let masked = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(gates.clone()));
     let sparse: TensorData = sparse.logits.into_data();

@@ -20,10 +20,7 @@ fn tiny(prev_state: PrevState, category_head: bool) -> DmnnConfig {
         .with_stem_width(8)
         .with_image_size(8)
         .with_controller(Some(
-            ControllerConfig::new()
-                .with_hidden_size(8)
-                .with_prev_state(prev_state)
-                .with_category_head(category_head),
+            ControllerConfig::new().with_hidden_size(8).with_prev_state(prev_state).with_category_head(category_head),
         ))
 }
 
@@ -81,9 +78,7 @@ fn all_gates_on_equals_network_without_gates() {
     assert!(expected.gates.is_empty());
     for mode in [ExecutionMode::Masked, ExecutionMode::Sparse] {
         let out = model.forward_with(x.clone(), ForwardOptions::mode(mode).with_gates(ones.clone()));
-        out.logits
-            .into_data()
-            .assert_approx_eq::<f32>(&expected.logits.to_data(), Tolerance::absolute(1e-5));
+        out.logits.into_data().assert_approx_eq::<f32>(&expected.logits.to_data(), Tolerance::absolute(1e-5));
         out.macs.into_data().assert_eq(&expected.macs.to_data(), false);
     }
 }
@@ -110,11 +105,14 @@ fn all_gates_off_turns_blocks_into_relu_of_shortcut() {
 #[test]
 fn sparse_equals_masked_without_autodiff() {
     let device = Default::default();
-    for (name, config) in [("tiny", tiny(PrevState::Lstm, true)), ("dmnn_small", DmnnConfig::preset("dmnn_small").unwrap())] {
+    for (name, config) in
+        [("tiny", tiny(PrevState::Lstm, true)), ("dmnn_small", DmnnConfig::preset("dmnn_small").unwrap())]
+    {
         let model = config.init::<B>(&device);
         let size = config.image_size;
         let batch = 6;
-        let x = Tensor::<B, 4>::random([batch, config.in_channels, size, size], Distribution::Normal(0.0, 1.0), &device);
+        let x =
+            Tensor::<B, 4>::random([batch, config.in_channels, size, size], Distribution::Normal(0.0, 1.0), &device);
         // random patterns at several rates, plus one with a path off for everybody and one on for
         // everybody in the same block
         let mut patterns: Vec<Vec<Tensor<B, 2>>> = Vec::new();
@@ -125,18 +123,29 @@ fn sparse_equals_masked_without_autodiff() {
                     .collect(),
             );
         }
-        let mixed: Vec<f32> = (0..batch).flat_map(|b| (0..config.num_paths).map(move |i| match i {
-            0 => 0.0,
-            1 => 1.0,
-            _ => (b % 2) as f32,
-        })).collect();
+        let mixed: Vec<f32> = (0..batch)
+            .flat_map(|b| {
+                (0..config.num_paths).map(move |i| match i {
+                    0 => 0.0,
+                    1 => 1.0,
+                    _ => (b % 2) as f32,
+                })
+            })
+            .collect();
         let mixed = Tensor::<B, 2>::from_data(TensorData::new(mixed, [batch, config.num_paths]), &device);
         patterns.push((0..model.num_blocks()).map(|_| mixed.clone()).collect());
         for (p, gates) in patterns.into_iter().enumerate() {
-            let masked = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(gates.clone()));
+            let masked =
+                model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(gates.clone()));
             let sparse = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates));
             let (m, s) = (masked.logits.into_data(), sparse.logits.into_data());
-            let diff = m.to_vec::<f32>().unwrap().iter().zip(s.to_vec::<f32>().unwrap()).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let diff = m
+                .to_vec::<f32>()
+                .unwrap()
+                .iter()
+                .zip(s.to_vec::<f32>().unwrap())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
             assert!(diff <= 1e-4, "{name}, pattern {p}: sparse and masked logits differ by {diff}");
         }
         // and with the controllers' own gates
@@ -190,7 +199,13 @@ impl<Bk: AutodiffBackend> ModuleVisitor<Bk> for GradientProbe<'_, Bk> {
 }
 
 /// The training objective of DESIGN §5, written out: CE + mean auxiliary CE + cost penalty.
-fn objective(model: &Dmnn<AD>, x: Tensor<AD, 4>, y: Tensor<AD, 1, Int>, noise: Vec<Tensor<AD, 3>>, temperature: f64) -> Tensor<AD, 1> {
+fn objective(
+    model: &Dmnn<AD>,
+    x: Tensor<AD, 4>,
+    y: Tensor<AD, 1, Int>,
+    noise: Vec<Tensor<AD, 3>>,
+    temperature: f64,
+) -> Tensor<AD, 1> {
     let out = model.forward_with(x, ForwardOptions::default().with_noise(noise).with_temperature(temperature));
     let ce = CrossEntropyLossConfig::new().init(&out.logits.device());
     let mut loss = ce.forward(out.logits.clone(), y.clone());
@@ -209,7 +224,10 @@ fn every_parameter_gets_a_gradient_through_the_gates() {
         let model = tiny(prev, true).init::<AD>(&device);
         let batch = 8;
         let x = images::<AD>(batch, &device);
-        let y = Tensor::<AD, 1, Int>::from_data(TensorData::new((0..batch as i64).map(|i| i % 5).collect(), [batch]), &device);
+        let y = Tensor::<AD, 1, Int>::from_data(
+            TensorData::new((0..batch as i64).map(|i| i % 5).collect(), [batch]),
+            &device,
+        );
         // noiseless gates: every path starts on (bias 2.0 vs 0.1), so every path serves a sample
         let noise = (0..3).map(|_| Tensor::<AD, 3>::zeros([batch, 3, 2], &device)).collect();
         let grads = objective(&model, x, y, noise, 1.0).backward();
@@ -252,11 +270,9 @@ fn preset_parameter_counts_match_the_analytic_model() {
 #[test]
 fn oracle_params_and_macs() {
     // torchvision / DESIGN §6 oracles at 224 px
-    for (name, params, gmacs) in [
-        ("resnet18", 11_689_512, 1.8141),
-        ("resnet50", 25_557_032, 4.0892),
-        ("resnet101", 44_549_160, 7.8014),
-    ] {
+    for (name, params, gmacs) in
+        [("resnet18", 11_689_512, 1.8141), ("resnet50", 25_557_032, 4.0892), ("resnet101", 44_549_160, 7.8014)]
+    {
         let cost = DmnnConfig::preset(name).unwrap().cost([224, 224]);
         assert_eq!(cost.params(), params, "{name}");
         let g = cost.macs_full() as f64 / 1e9;

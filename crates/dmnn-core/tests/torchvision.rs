@@ -27,14 +27,25 @@ struct Io {
 fn io(name: &str) -> Io {
     let text = std::fs::read_to_string(fixture(&format!("{name}_io.json"))).unwrap();
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let list = |k: &str| -> Vec<usize> { v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect() };
-    let floats = |k: &str| -> Vec<f32> { v[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
+    let list =
+        |k: &str| -> Vec<usize> { v[k].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as usize).collect() };
+    let floats =
+        |k: &str| -> Vec<f32> { v[k].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect() };
     let block = if v["block"] == "BasicBlock" { BlockKind::Basic } else { BlockKind::Bottleneck };
-    let config = DmnnConfig::new(name.into(), v["num_classes"].as_u64().unwrap() as usize, block, list("layers"), list("widths"))
-        .with_stem_width(v["stem"].as_u64().unwrap() as usize)
-        .with_image_size(32);
+    let config = DmnnConfig::new(
+        name.into(),
+        v["num_classes"].as_u64().unwrap() as usize,
+        block,
+        list("layers"),
+        list("widths"),
+    )
+    .with_stem_width(v["stem"].as_u64().unwrap() as usize)
+    .with_image_size(32);
     let shape = list("input_shape");
-    let input = Tensor::from_data(TensorData::new(floats("input"), [shape[0], shape[1], shape[2], shape[3]]), &Default::default());
+    let input = Tensor::from_data(
+        TensorData::new(floats("input"), [shape[0], shape[1], shape[2], shape[3]]),
+        &Default::default(),
+    );
     Io { config, input, logits: floats("logits") }
 }
 
@@ -122,7 +133,10 @@ fn another_class_count_needs_a_new_head() {
     let config = io.config.clone().with_num_classes_of(7);
     let model = config.init::<B>(&Default::default());
     let e = load_torchvision(model, &fixture("tv_basic.pth"), ImportOptions::default()).unwrap_err().to_string();
-    assert!(e.contains("key 'fc.") && e.contains("in the checkpoint") && e.contains("another number of classes"), "{e}");
+    assert!(
+        e.contains("key 'fc.") && e.contains("in the checkpoint") && e.contains("another number of classes"),
+        "{e}"
+    );
     let model = config.init::<B>(&Default::default());
     let model = load_torchvision(model, &fixture("tv_basic.pth"), ImportOptions { allow_new_head: true }).unwrap();
     assert_eq!(model.forward(io.input).logits.dims(), [2, 7]);
@@ -152,7 +166,12 @@ fn two_path(config: &DmnnConfig, extra: usize) -> DmnnConfig {
 fn all_on_logits(model: &Dmnn<B>, x: Tensor<B, 4>) -> Vec<f32> {
     let [batch, ..] = x.dims();
     let gates = (0..model.num_blocks()).map(|_| Tensor::<B, 2>::ones([batch, 2], &Default::default())).collect();
-    model.forward_with(x, ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates)).logits.into_data().to_vec().unwrap()
+    model
+        .forward_with(x, ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates))
+        .logits
+        .into_data()
+        .to_vec()
+        .unwrap()
 }
 
 #[test]
@@ -160,15 +179,20 @@ fn dmnn_from_resnet_starts_where_the_resnet_is() {
     let device = Default::default();
     // basic blocks split exactly: all paths on is the ResNet
     let basic = io("tv_basic");
-    let resnet = load_torchvision(basic.config.init::<B>(&device), &fixture("tv_basic.pth"), ImportOptions::default()).unwrap();
-    let (dmnn, report) = dmnn_core::weights::init_from_resnet(two_path(&basic.config, 0).init::<B>(&device), &resnet).unwrap();
+    let resnet =
+        load_torchvision(basic.config.init::<B>(&device), &fixture("tv_basic.pth"), ImportOptions::default()).unwrap();
+    let (dmnn, report) =
+        dmnn_core::weights::init_from_resnet(two_path(&basic.config, 0).init::<B>(&device), &resnet).unwrap();
     assert_eq!(report.dropped_params, 0);
     assert_close(&all_on_logits(&dmnn, basic.input.clone()), &basic.logits, "basic, 2 paths from the ResNet");
 
     // bottlenecks lose the off-diagonal blocks of conv2: close, not equal
     let io = io_of("tv_bottleneck");
-    let resnet = load_torchvision(io.config.init::<B>(&device), &fixture("tv_bottleneck.pth"), ImportOptions::default()).unwrap();
-    let (same, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 0).init::<B>(&device), &resnet).unwrap();
+    let resnet =
+        load_torchvision(io.config.init::<B>(&device), &fixture("tv_bottleneck.pth"), ImportOptions::default())
+            .unwrap();
+    let (same, report) =
+        dmnn_core::weights::init_from_resnet(two_path(&io.config, 0).init::<B>(&device), &resnet).unwrap();
     // per block: w² − 2·(w/2)² = w²/2 weights of the 3x3, times 9
     let expected: usize = [(4, 1), (8, 2), (16, 1), (32, 1)].iter().map(|(w, blocks)| blocks * 9 * w * w / 2).sum();
     assert_eq!(report.dropped_params, expected);
@@ -177,7 +201,8 @@ fn dmnn_from_resnet_starts_where_the_resnet_is() {
     let scale = io.logits.iter().fold(0f32, |m, v| m.max(v.abs()));
     assert!(diff > 1e-3 && diff < scale, "bottleneck split: max logit difference {diff} (scale {scale})");
     // wider paths start as the same-width split: the extra channels add nothing yet
-    let (wide, report) = dmnn_core::weights::init_from_resnet(two_path(&io.config, 2).init::<B>(&device), &resnet).unwrap();
+    let (wide, report) =
+        dmnn_core::weights::init_from_resnet(two_path(&io.config, 2).init::<B>(&device), &resnet).unwrap();
     assert_eq!(report.fresh_width, vec![2, 2, 2, 2]);
     assert_close(&all_on_logits(&wide, io.input.clone()), &split, "2 fresh channels per path");
 }

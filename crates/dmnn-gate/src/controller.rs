@@ -307,7 +307,7 @@ impl<B: Backend> Controller<B> {
         let state = self.recur(embedding, state);
         let hidden = state.hidden.clone().expect("recur always sets the hidden state");
         let logits = ctrl.gate_logits.forward(hidden.clone()).reshape([batch_size, self.num_paths, 2]); // [B, N, (off, on)]
-        // the category heads only serve the training loss
+                                                                                                        // the category heads only serve the training loss
         let aux_logits =
             ctrl.aux_head.as_ref().filter(|_| B::ad_enabled(&hidden.device())).map(|head| head.forward(hidden));
         ControllerOutput { logits, aux_logits, state }
@@ -414,10 +414,8 @@ mod tests {
         let device = Default::default();
         for prev in [PrevState::None, PrevState::Gru, PrevState::Lstm] {
             for category_head in [false, true] {
-                let config = ControllerConfig::new()
-                    .with_hidden_size(6)
-                    .with_prev_state(prev)
-                    .with_category_head(category_head);
+                let config =
+                    ControllerConfig::new().with_hidden_size(6).with_prev_state(prev).with_category_head(category_head);
                 let ctrl = config.init::<B>(&specs(), 2, 7, &device);
                 let blocks: usize = specs().iter().map(|s| config.block_param_count(s.channels_in, 2)).sum();
                 let aux = if category_head { 2 * config.aux_param_count(7) } else { 0 };
@@ -449,7 +447,8 @@ mod tests {
 
         let ctrl = ctrl.valid();
         let x = x.inner();
-        let g1 = ctrl.gates(ctrl.forward(0, x.clone(), ControllerState::default()).logits, None, GateOptions::default());
+        let g1 =
+            ctrl.gates(ctrl.forward(0, x.clone(), ControllerState::default()).logits, None, GateOptions::default());
         let g2 = ctrl.gates(ctrl.forward(0, x, ControllerState::default()).logits, None, GateOptions::default());
         g1.into_data().assert_eq(&g2.into_data(), true);
     }

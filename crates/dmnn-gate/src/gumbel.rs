@@ -69,10 +69,7 @@ impl GateOptions {
 /// Draws standard Gumbel noise `-ln(-ln(u))`, `u ~ U(0, 1)`, of the given shape.
 ///
 /// The uniform samples are kept away from 0 and 1 so the noise stays finite.
-pub fn gumbel_noise<B: Backend, const D: usize>(
-    shape: [usize; D],
-    device: &B::Device,
-) -> Tensor<B, D> {
+pub fn gumbel_noise<B: Backend, const D: usize>(shape: [usize; D], device: &B::Device) -> Tensor<B, D> {
     let eps = 1e-6;
     let u = Tensor::<B, D>::random(shape, Distribution::Uniform(eps, 1.0 - eps), device);
     u.log().neg().log().neg()
@@ -139,10 +136,7 @@ pub fn deterministic_gates<B: Backend>(logits: Tensor<B, 3>, threshold: f64) -> 
     let margin = (threshold / (1.0 - threshold)).ln();
     let on = logits.clone().slice([0..batch_size, 0..num_paths, ON..ON + 1]);
     let off = logits.slice([0..batch_size, 0..num_paths, OFF..OFF + 1]);
-    (on - off)
-        .greater_elem(margin)
-        .float()
-        .squeeze_dim::<2>(2) // [batch_size, num_paths]
+    (on - off).greater_elem(margin).float().squeeze_dim::<2>(2) // [batch_size, num_paths]
 }
 
 #[cfg(test)]
@@ -157,10 +151,7 @@ mod tests {
     fn logits<Bk: Backend>(device: &Bk::Device) -> Tensor<Bk, 3> {
         // 2 samples, 3 paths, (off, on)
         Tensor::from_data(
-            TensorData::from([
-                [[0.1f32, 2.0], [1.0, -1.0], [0.3, 0.2]],
-                [[2.0, 0.5], [0.0, 0.4], [-1.0, 1.0]],
-            ]),
+            TensorData::from([[[0.1f32, 2.0], [1.0, -1.0], [0.3, 0.2]], [[2.0, 0.5], [0.0, 0.4], [-1.0, 1.0]]]),
             device,
         )
     }
@@ -182,15 +173,9 @@ mod tests {
         let device = Default::default();
         let z = logits::<B>(&device);
         let g = gumbel_straight_through(z.clone(), z.zeros_like(), 1.0);
-        g.into_data().assert_eq(
-            &TensorData::from([[1.0f32, 0.0, 0.0], [0.0, 1.0, 1.0]]),
-            false,
-        );
+        g.into_data().assert_eq(&TensorData::from([[1.0f32, 0.0, 0.0], [0.0, 1.0, 1.0]]), false);
         let d = deterministic_gates(z, 0.5);
-        d.into_data().assert_eq(
-            &TensorData::from([[1.0f32, 0.0, 0.0], [0.0, 1.0, 1.0]]),
-            false,
-        );
+        d.into_data().assert_eq(&TensorData::from([[1.0f32, 0.0, 0.0], [0.0, 1.0, 1.0]]), false);
     }
 
     #[test]
@@ -199,10 +184,7 @@ mod tests {
         let z = logits::<B>(&device);
         // sigmoid(on - off): [0.87, 0.12, 0.48], [0.18, 0.60, 0.88]
         let g = deterministic_gates(z, 0.7);
-        g.into_data().assert_eq(
-            &TensorData::from([[1.0f32, 0.0, 0.0], [0.0, 0.0, 1.0]]),
-            false,
-        );
+        g.into_data().assert_eq(&TensorData::from([[1.0f32, 0.0, 0.0], [0.0, 0.0, 1.0]]), false);
     }
 
     #[test]
@@ -211,18 +193,12 @@ mod tests {
         let grad_at = |tau: f64| {
             let z = logits::<AD>(&device).require_grad();
             let noise = Tensor::<AD, 3>::from_data(
-                TensorData::from([
-                    [[0.3f32, -0.2], [0.5, 0.1], [-0.4, 0.9]],
-                    [[0.0, 0.2], [1.1, -0.3], [0.2, 0.2]],
-                ]),
+                TensorData::from([[[0.3f32, -0.2], [0.5, 0.1], [-0.4, 0.9]], [[0.0, 0.2], [1.1, -0.3], [0.2, 0.2]]]),
                 &device,
             );
             let g = gumbel_straight_through(z.clone(), noise, tau);
             // weight each gate differently so the gradient does not cancel
-            let w = Tensor::<AD, 2>::from_data(
-                TensorData::from([[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]),
-                &device,
-            );
+            let w = Tensor::<AD, 2>::from_data(TensorData::from([[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]), &device);
             let grads = (g * w).sum().backward();
             z.grad(&grads).unwrap()
         };
@@ -242,8 +218,7 @@ mod tests {
         let z = logits::<B>(&device);
         let a = deterministic_gates(z.clone(), 0.5);
         let b = deterministic_gates(z, 0.5);
-        a.into_data()
-            .assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(0.0));
+        a.into_data().assert_approx_eq::<f32>(&b.into_data(), Tolerance::absolute(0.0));
     }
 
     #[test]

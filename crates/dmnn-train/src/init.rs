@@ -21,12 +21,21 @@ use crate::run::{write_atomic, AtomicRecorder, RunDir};
 ///
 /// # Errors
 /// A file that cannot be read or does not fit the model, named.
-pub fn initial_weights<B: Backend>(model: Dmnn<B>, path: &Path, new_head: bool, device: &B::Device) -> Result<(Dmnn<B>, String)> {
+pub fn initial_weights<B: Backend>(
+    model: Dmnn<B>,
+    path: &Path,
+    new_head: bool,
+    device: &B::Device,
+) -> Result<(Dmnn<B>, String)> {
     let is_record = path.is_dir() || path.extension().is_some_and(|e| e == "mpk");
     if is_record {
         let file = if path.is_dir() { path.join("model.mpk") } else { path.to_path_buf() };
         let record = AtomicRecorder.load(file.with_extension(""), device).map_err(|e| {
-            TrainError::Other(format!("{} cannot be loaded as a dmnn model record of '{}': {e}", file.display(), model.config.name))
+            TrainError::Other(format!(
+                "{} cannot be loaded as a dmnn model record of '{}': {e}",
+                file.display(),
+                model.config.name
+            ))
         })?;
         return Ok((model.load_record(record), format!("initial weights: dmnn record {}", file.display())));
     }
@@ -72,7 +81,13 @@ pub struct InitFromTorchvision {
 ///
 /// # Errors
 /// An unknown preset, weights that do not fit, a directory that cannot be written.
-pub fn init_from_torchvision(weights: &Path, model: &str, num_classes: Option<usize>, new_head: bool, out: &Path) -> Result<InitFromTorchvision> {
+pub fn init_from_torchvision(
+    weights: &Path,
+    model: &str,
+    num_classes: Option<usize>,
+    new_head: bool,
+    out: &Path,
+) -> Result<InitFromTorchvision> {
     let mut model_config = DmnnConfig::preset(model).map_err(dmnn_core::ConfigError::from)?;
     if let Some(k) = num_classes {
         model_config.num_classes = k;
@@ -81,7 +96,11 @@ pub fn init_from_torchvision(weights: &Path, model: &str, num_classes: Option<us
     let network = model_config.try_init::<Flex>(&device)?;
     let (network, note) = initial_weights(network, weights, new_head, &device)?;
     let parity = if model_config.is_dynamic() {
-        let resnet = load_torchvision(model_config.source_resnet().try_init::<Flex>(&device)?, weights, ImportOptions { allow_new_head: new_head })?;
+        let resnet = load_torchvision(
+            model_config.source_resnet().try_init::<Flex>(&device)?,
+            weights,
+            ImportOptions { allow_new_head: new_head },
+        )?;
         Some(all_paths_on_vs_resnet(&network, &resnet, &model_config, &device))
     } else {
         None
@@ -93,20 +112,27 @@ pub fn init_from_torchvision(weights: &Path, model: &str, num_classes: Option<us
     config.new_head = new_head;
     let dir = RunDir::new(out);
     std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-    write_atomic(&dir.config(), serde_json::to_string_pretty(&config)?.as_bytes()).map_err(|e| TrainError::io(&dir.config(), e))?;
+    write_atomic(&dir.config(), serde_json::to_string_pretty(&config)?.as_bytes())
+        .map_err(|e| TrainError::io(&dir.config(), e))?;
     Recorder::<Flex>::record(&AtomicRecorder, network.into_record(), dir.model())
         .map_err(|e| TrainError::Other(format!("saving {}: {e}", dir.model().with_extension("mpk").display())))?;
     Ok(InitFromTorchvision { note, parity, out: out.to_path_buf() })
 }
 
 /// The all-paths-on network against the ResNet on the same four random images.
-fn all_paths_on_vs_resnet(model: &Dmnn<Flex>, resnet: &Dmnn<Flex>, config: &DmnnConfig, device: &<Flex as burn::tensor::backend::BackendTypes>::Device) -> (f32, i64) {
+fn all_paths_on_vs_resnet(
+    model: &Dmnn<Flex>,
+    resnet: &Dmnn<Flex>,
+    config: &DmnnConfig,
+    device: &<Flex as burn::tensor::backend::BackendTypes>::Device,
+) -> (f32, i64) {
     let size = config.image_size;
     let x = Tensor::<Flex, 4>::random([4, config.in_channels, size, size], Distribution::Normal(0.0, 1.0), device);
     let gates = (0..model.num_blocks()).map(|_| Tensor::<Flex, 2>::ones([4, config.num_paths], device)).collect();
     let a = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates)).logits;
     let b = resnet.forward(x).logits;
-    let rel = ((a.clone() - b.clone()).powi_scalar(2).sum().sqrt() / b.clone().powi_scalar(2).sum().sqrt()).into_scalar();
+    let rel =
+        ((a.clone() - b.clone()).powi_scalar(2).sum().sqrt() / b.clone().powi_scalar(2).sum().sqrt()).into_scalar();
     let agree = a.argmax(1).equal(b.argmax(1)).int().sum().into_scalar();
     (rel, agree as i64)
 }

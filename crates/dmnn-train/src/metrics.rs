@@ -76,7 +76,15 @@ pub struct DmnnMetric {
 impl DmnnMetric {
     /// A metric of the given kind.
     pub fn new(kind: MetricKind) -> Self {
-        Self { kind, name: Arc::new(kind.name()), sum: 0.0, sum_sq: 0.0, count: 0.0, current: f64::NAN, current_count: 0 }
+        Self {
+            kind,
+            name: Arc::new(kind.name()),
+            sum: 0.0,
+            sum_sq: 0.0,
+            count: 0.0,
+            current: f64::NAN,
+            current_count: 0,
+        }
     }
 
     /// All metrics of a network with `blocks` gated blocks.
@@ -246,12 +254,25 @@ mod tests {
     use burn::data::dataloader::Progress;
 
     fn stats(macs: Vec<f64>, top1: usize) -> StepStats {
-        StepStats { batch_size: macs.len(), correct_top1: top1, correct_top5: macs.len(), macs, macs_full: 4e9, block_rates: vec![0.5, 1.0], ..Default::default() }
+        StepStats {
+            batch_size: macs.len(),
+            correct_top1: top1,
+            correct_top5: macs.len(),
+            macs,
+            macs_full: 4e9,
+            block_rates: vec![0.5, 1.0],
+            ..Default::default()
+        }
     }
 
     #[test]
     fn gmacs_std_is_over_all_images_of_the_epoch() {
-        let meta = MetricMetadata { progress: Progress::new(1, 1), global_progress: Progress::new(1, 1), iteration: Some(1), lr: None };
+        let meta = MetricMetadata {
+            progress: Progress::new(1, 1),
+            global_progress: Progress::new(1, 1),
+            iteration: Some(1),
+            lr: None,
+        };
         let mut std = DmnnMetric::new(MetricKind::GmacsStd);
         let mut acc = DmnnMetric::new(MetricKind::Top1);
         // each batch alone has std 0; together 1 and 3 GMACs: std 1
@@ -273,7 +294,12 @@ mod tests {
     /// standard deviation, not its mean.
     #[test]
     fn gmacs_std_batch_value_is_the_batch_std() {
-        let meta = MetricMetadata { progress: Progress::new(1, 1), global_progress: Progress::new(1, 1), iteration: Some(1), lr: None };
+        let meta = MetricMetadata {
+            progress: Progress::new(1, 1),
+            global_progress: Progress::new(1, 1),
+            iteration: Some(1),
+            lr: None,
+        };
         let mut std = DmnnMetric::new(MetricKind::GmacsStd);
         std.update(&stats(vec![1e9, 3e9], 1), &meta);
         assert!((std.value().current() - 1.0).abs() < 1e-9, "{}", std.value().current());

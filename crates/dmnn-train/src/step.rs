@@ -168,7 +168,13 @@ impl<B: Backend> ItemLazy for StepOutput<B> {
 
 /// Draws the Gumbel noise of every gated block from a batch seed (host generator, so a step is
 /// reproducible whatever the backend's generator did before).
-pub fn batch_noise<B: Backend>(seed: u64, blocks: usize, batch_size: usize, num_paths: usize, device: &B::Device) -> Vec<Tensor<B, 3>> {
+pub fn batch_noise<B: Backend>(
+    seed: u64,
+    blocks: usize,
+    batch_size: usize,
+    num_paths: usize,
+    device: &B::Device,
+) -> Vec<Tensor<B, 3>> {
     let mut rng = StdRng::seed_from_u64(seed);
     (0..blocks)
         .map(|_| {
@@ -208,7 +214,13 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for DecayWeights<'_, B> {
 impl<B: Backend> DmnnClassifier<B> {
     /// A classifier that only evaluates (no weight decay, constant temperature, no schedule).
     pub fn for_inference(model: Dmnn<B>, objective: ObjectiveConfig) -> Self {
-        Self { model, objective, weight_decay: 0.0, temperature: Default::default(), progress: TrainProgress::new(1, 1) }
+        Self {
+            model,
+            objective,
+            weight_decay: 0.0,
+            temperature: Default::default(),
+            progress: TrainProgress::new(1, 1),
+        }
     }
 
     /// The step output of a forward pass (loss terms, predictions, executed MACs).
@@ -219,7 +231,8 @@ impl<B: Backend> DmnnClassifier<B> {
     fn output(&self, out: dmnn_core::DmnnOutput<B>, targets: Tensor<B, 1, Int>) -> (StepOutput<B>, Tensor<B, 1>) {
         let terms = self.objective.loss(&out, targets.clone());
         let block_rates = (!out.gates.is_empty()).then(|| {
-            Tensor::cat(out.gates.iter().map(|g| g.clone().detach().mean()).collect(), 0) // [L]
+            Tensor::cat(out.gates.iter().map(|g| g.clone().detach().mean()).collect(), 0)
+            // [L]
         });
         let macs_full = out.cost.macs_full() as f64;
         let total = terms.total.clone();
@@ -261,7 +274,11 @@ impl<B: AutodiffBackend> TrainStep for DmnnClassifier<B> {
         }
         let mut grads = GradientsParams::from_grads(loss.backward(), self);
         if self.weight_decay > 0.0 {
-            self.visit(&mut DecayWeights::<B> { grads: &mut grads, weight_decay: self.weight_decay, _b: Default::default() });
+            self.visit(&mut DecayWeights::<B> {
+                grads: &mut grads,
+                weight_decay: self.weight_decay,
+                _b: Default::default(),
+            });
         }
         TrainOutput { grads, item: output }
     }

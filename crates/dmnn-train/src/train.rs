@@ -138,7 +138,12 @@ pub fn loader_configs(config: &TrainConfig) -> (LoaderConfig, LoaderConfig) {
 ///
 /// # Errors
 /// Invalid settings, missing data, data that does not fit the model, a damaged checkpoint.
-pub fn prepare<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options: &RunOptions, resume: bool) -> Result<Prepared<B>> {
+pub fn prepare<B: AutodiffBackend>(
+    config: TrainConfig,
+    device: B::Device,
+    options: &RunOptions,
+    resume: bool,
+) -> Result<Prepared<B>> {
     let start = Instant::now();
     config.validate()?;
     let image_size = config.model.image_size;
@@ -244,7 +249,8 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
             .map_err(|e| TrainError::record(&path.with_extension("mpk"), e))?;
         return Ok(classifier.load_record(record).model.valid());
     }
-    let momentum = MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.nesterov);
+    let momentum =
+        MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.nesterov);
     let mut sgd = SgdConfig::new().with_momentum(Some(momentum));
     if let Some(clip) = config.grad_clip {
         sgd = sgd.with_gradient_clipping(Some(GradientClippingConfig::Norm(clip as f32)));
@@ -354,7 +360,12 @@ pub fn finish<B: AutodiffBackend>(run: Prepared<B>, trained: Dmnn<B::InnerBacken
 ///
 /// # Errors
 /// See the three steps.
-pub fn train<B: AutodiffBackend>(config: TrainConfig, device: B::Device, options: RunOptions, resume: bool) -> Result<(Summary, RunDir)> {
+pub fn train<B: AutodiffBackend>(
+    config: TrainConfig,
+    device: B::Device,
+    options: RunOptions,
+    resume: bool,
+) -> Result<(Summary, RunDir)> {
     let run = prepare::<B>(config, device, &options, resume)?;
     let trained = launch(&run)?;
     let dir = run.dir.clone();
@@ -394,7 +405,9 @@ fn truncate_csv(path: &std::path::Path, epoch: usize) -> Result<()> {
     let kept: Vec<&str> = text
         .lines()
         .enumerate()
-        .filter(|(i, line)| *i == 0 || line.split(',').next().and_then(|e| e.parse::<usize>().ok()).is_some_and(|e| e <= epoch))
+        .filter(|(i, line)| {
+            *i == 0 || line.split(',').next().and_then(|e| e.parse::<usize>().ok()).is_some_and(|e| e <= epoch)
+        })
         .map(|(_, l)| l)
         .collect();
     write_atomic(path, (kept.join("\n") + "\n").as_bytes()).map_err(|e| TrainError::io(path, e))

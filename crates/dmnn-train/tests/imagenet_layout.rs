@@ -69,15 +69,33 @@ fn train_imagenet_then_eval_on_a_tiny_tree() {
     let truncated = build_tree(&data);
     let run_dir = tmp.path().join("run");
 
-    let out = run(dmnn().args(["train-imagenet", "--plain", "--data"]).arg(&data).args([
-        "--model", "dmnn_small", "--num-classes", "2", "--image-size", "32", "--epochs", "2", "--batch-size", "4",
-        "--eval-batch-size", "4", "--workers", "2", "--out",
-    ]).arg(&run_dir));
+    let out = run(dmnn()
+        .args(["train-imagenet", "--plain", "--data"])
+        .arg(&data)
+        .args([
+            "--model",
+            "dmnn_small",
+            "--num-classes",
+            "2",
+            "--image-size",
+            "32",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+            "--eval-batch-size",
+            "4",
+            "--workers",
+            "2",
+            "--out",
+        ])
+        .arg(&run_dir));
     let log = text(&out);
     assert!(out.status.success(), "{log}");
     // the bad file is reported with its path and skipped; the rest trained
     assert!(log.contains("skipping unreadable image") && log.contains("n07930864_truncated.JPEG"), "{log}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
     let skipped = summary["skipped_images"].as_array().unwrap();
     assert_eq!(skipped.len(), 1, "only the truncated file is skipped: {skipped:?}");
     assert!(skipped[0].as_str().unwrap().contains(&*truncated.file_name().unwrap().to_string_lossy()));
@@ -99,12 +117,18 @@ fn class_count_mismatch_is_an_error_before_training() {
     let tmp = TempDir::new("imagenet-classes");
     let data = tmp.path().join("imagenet");
     build_tree(&data);
-    let out = run(dmnn().args(["train-imagenet", "--plain", "--data"]).arg(&data).args([
-        "--model", "dmnn_small", "--image-size", "32", "--epochs", "1", "--out",
-    ]).arg(tmp.path().join("run")));
+    let out = run(dmnn()
+        .args(["train-imagenet", "--plain", "--data"])
+        .arg(&data)
+        .args(["--model", "dmnn_small", "--image-size", "32", "--epochs", "1", "--out"])
+        .arg(tmp.path().join("run")));
     assert!(!out.status.success());
     let msg = text(&out);
-    assert!(msg.contains("has 2 classes but model 'dmnn_small' has num_classes=1000") && msg.contains(&*data.to_string_lossy()), "{msg}");
+    assert!(
+        msg.contains("has 2 classes but model 'dmnn_small' has num_classes=1000")
+            && msg.contains(&*data.to_string_lossy()),
+        "{msg}"
+    );
 }
 
 #[test]

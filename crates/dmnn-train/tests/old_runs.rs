@@ -41,7 +41,8 @@ fn values<M: Module<Flex>>(module: &M) -> Vec<f32> {
 /// --json`: the new one prints the same numbers.
 #[test]
 fn old_runs_evaluate_as_they_did() {
-    for (name, top1_err, top5_err) in [("run-65f1d8b-gru", 92.1875, 50.78125), ("run-65f1d8b-lstm", 92.96875, 51.5625)] {
+    for (name, top1_err, top5_err) in [("run-65f1d8b-gru", 92.1875, 50.78125), ("run-65f1d8b-lstm", 92.96875, 51.5625)]
+    {
         let out = run(dmnn()
             .args(["eval", "--max-batches", "2", "--batch-size", "64", "--json", "--checkpoint"])
             .arg(fixture(name))

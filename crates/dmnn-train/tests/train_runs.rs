@@ -37,7 +37,12 @@ fn resume_after_a_stop_ends_with_the_same_weights() {
     assert!(out.status.success(), "{}", text(&out));
 
     // the same run, killed once the checkpoint of epoch 1 is on disk
-    let mut child = dmnn().args(quick_fashion_args(&stopped, 3)).stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+    let mut child = dmnn()
+        .args(quick_fashion_args(&stopped, 3))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
     let ckpt = stopped.join("checkpoint");
     let start = Instant::now();
     while !["model-1.mpk", "optim-1.mpk", "scheduler-1.mpk"].iter().all(|f| ckpt.join(f).is_file()) {
@@ -118,9 +123,11 @@ fn ablation_switches_each_train() {
     let tmp = TempDir::new("ablation");
     for (prev, category) in [("none", "off"), ("gru", "off"), ("none", "on"), ("gru", "on"), ("lstm", "on")] {
         let dir = tmp.path().join(format!("{prev}-{category}"));
-        let out = run(dmnn().args(quick_fashion_args(&dir, 1)).args(["--prev-state", prev, "--category-head", category]));
+        let out =
+            run(dmnn().args(quick_fashion_args(&dir, 1)).args(["--prev-state", prev, "--category-head", category]));
         assert!(out.status.success(), "{prev}/{category}: {}", text(&out));
-        let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
         let controller = &config["model"]["controller"];
         assert_eq!(controller["prev_state"], prev);
         assert_eq!(controller["category_head"], category == "on");
@@ -130,11 +137,17 @@ fn ablation_switches_each_train() {
         let aux = row[header.iter().position(|h| *h == "train_aux_loss").unwrap()].parse::<f64>().unwrap();
         // without category heads there is no auxiliary loss
         assert_eq!(aux == 0.0, category == "off", "{prev}/{category}: train_aux_loss {aux}");
-        let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap();
         assert!(summary["test_accuracy"].as_f64().unwrap() > 0.1, "{prev}/{category} learned nothing");
     }
     // a static model has no controllers to ablate
-    let out = run(dmnn().args(quick_fashion_args(&tmp.path().join("static"), 1)).args(["--model", "resnet_small", "--prev-state", "none"]));
+    let out = run(dmnn().args(quick_fashion_args(&tmp.path().join("static"), 1)).args([
+        "--model",
+        "resnet_small",
+        "--prev-state",
+        "none",
+    ]));
     assert!(!out.status.success());
     assert!(text(&out).contains("is static (no controllers)"), "{}", text(&out));
 }

@@ -129,7 +129,14 @@ mod tests {
     use burn::nn::conv::Conv2dConfig;
     use burn::tensor::{Distribution, Tolerance};
 
-    fn conv(channels: [usize; 2], kernel: usize, stride: usize, dilation: usize, pad: usize, bias: bool) -> Conv2d<Flex> {
+    fn conv(
+        channels: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        dilation: usize,
+        pad: usize,
+        bias: bool,
+    ) -> Conv2d<Flex> {
         Conv2dConfig::new(channels, [kernel, kernel])
             .with_stride([stride, stride])
             .with_dilation([dilation, dilation])
@@ -143,7 +150,9 @@ mod tests {
         let device = Default::default();
         let kernels = Kernels::<Flex>::probe(&device, 1);
         // stride 1 and 2, odd and even sizes, dilation, no padding, a bias, a 5x5 kernel
-        for (kernel, stride, dilation, pad, bias) in [(3, 1, 1, 1, false), (3, 2, 1, 1, true), (3, 1, 2, 2, false), (3, 2, 1, 0, false), (5, 1, 1, 2, true)] {
+        for (kernel, stride, dilation, pad, bias) in
+            [(3, 1, 1, 1, false), (3, 2, 1, 1, true), (3, 1, 2, 2, false), (3, 2, 1, 0, false), (5, 1, 1, 2, true)]
+        {
             let conv = conv([3, 4], kernel, stride, dilation, pad, bias);
             for [h, w] in [[9, 9], [8, 11], [5, 4]] {
                 let x = Tensor::<Flex, 4>::random([1, 3, h, w], Distribution::Normal(0.0, 1.0), &device);
@@ -168,7 +177,9 @@ mod tests {
         let ad = Conv2dConfig::new([3, 4], [3, 3]).init::<Autodiff<Flex>>(&device);
         assert!(!Kernels::<Autodiff<Flex>>::probe(&device, 1).im2col_applies(&ad, [1, 3, 28, 28]));
         // and not with the fast paths off
-        assert!(!Kernels::<Flex>::new(&device, 1, crate::backend::FastPaths::NONE).im2col_applies(&conv3, [1, 3, 28, 28]));
+        assert!(
+            !Kernels::<Flex>::new(&device, 1, crate::backend::FastPaths::NONE).im2col_applies(&conv3, [1, 3, 28, 28])
+        );
     }
 
     #[test]

@@ -135,7 +135,12 @@ impl<B: Backend> Kernels<B> {
             _ => None,
         };
         match padding {
-            Some(p) if square && pool.dilation == [1, 1] && !pool.ceil_mode && self.fast.contains(FastPath::HostMaxPool) => {
+            Some(p)
+                if square
+                    && pool.dilation == [1, 1]
+                    && !pool.ceil_mode
+                    && self.fast.contains(FastPath::HostMaxPool) =>
+            {
                 max_pool2d_host(x, pool.kernel_size[0], pool.stride[0], p)
             }
             _ => pool.forward(x),

@@ -73,9 +73,7 @@ impl FastPath {
                 "burn-flex's conv2d tiles 512 output positions per image after a serial NHWC conversion, \
                  so one image leaves a core idle"
             }
-            Self::HostMaxPool => {
-                "burn-flex's max_pool2d always computes argmax indices in a branchy scalar kernel"
-            }
+            Self::HostMaxPool => "burn-flex's max_pool2d always computes argmax indices in a branchy scalar kernel",
             Self::SubsampledProjection => {
                 "burn-flex runs a strided 1x1 convolution through im2col with a serial layout change of \
                  the whole input"

@@ -23,7 +23,12 @@ use crate::layers::conv_out_size;
 ///
 /// # Panics
 /// If `kernel` or `stride` is zero, or the padded input is smaller than the kernel.
-pub(crate) fn max_pool2d_host<B: Backend>(input: Tensor<B, 4>, kernel: usize, stride: usize, padding: usize) -> Tensor<B, 4> {
+pub(crate) fn max_pool2d_host<B: Backend>(
+    input: Tensor<B, 4>,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+) -> Tensor<B, 4> {
     let [n, c, h, w] = input.dims();
     assert!(
         kernel > 0 && stride > 0 && h + 2 * padding >= kernel && w + 2 * padding >= kernel,

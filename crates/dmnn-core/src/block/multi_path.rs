@@ -200,7 +200,8 @@ impl<B: Backend> MultiPathBlock<B> {
         kernels: &Kernels<B>,
         concurrent: bool,
     ) -> Tensor<B, 4> {
-        let branches: Vec<Branch> = std::iter::once(Branch::Shortcut).chain(on.iter().map(|&i| Branch::Path(i))).collect();
+        let branches: Vec<Branch> =
+            std::iter::once(Branch::Shortcut).chain(on.iter().map(|&i| Branch::Path(i))).collect();
         let run = |branch: Branch, x: Tensor<B, 4>| match branch {
             Branch::Shortcut => self.shortcut_with(x, kernels),
             Branch::Path(i) => weight(i, self.paths[i].forward_with(x, kernels)),

@@ -33,7 +33,8 @@ pub fn masked_with<B: Backend>(
     let concurrent = kernels.concurrent(block.largest_activation(input.dims()));
     let all: Vec<usize> = (0..block.num_paths()).collect();
     let gate = |i: usize, y: Tensor<B, 4>| {
-        y * gates.clone().slice([0..batch_size, i..i + 1]).reshape([batch_size, 1, 1, 1]) // [B, 1, 1, 1]
+        y * gates.clone().slice([0..batch_size, i..i + 1]).reshape([batch_size, 1, 1, 1])
+        // [B, 1, 1, 1]
     };
     // the straightforward formulation: the block input stays alive until the sum is formed
     // (sparse execution releases it once its last branch has read it)

@@ -117,7 +117,8 @@ impl<B: Backend> BatchNorm2d<B> {
         let n = batch_size * height * width;
         let x = input.reshape([batch_size, channels, height * width]);
         let mean = x.clone().mean_dim(2).mean_dim(0).reshape([channels]); // [C]
-        let tiled_mean = mean.clone().reshape([1, channels]).repeat_dim(0, batch_size).reshape([batch_size, channels, 1]);
+        let tiled_mean =
+            mean.clone().reshape([1, channels]).repeat_dim(0, batch_size).reshape([batch_size, channels, 1]);
         let centered = x - tiled_mean; // [B, C, HW]
         let var = centered.clone().square().mean_dim(2).mean_dim(0).reshape([channels]); // biased, [C]
 
@@ -155,7 +156,8 @@ mod tests {
         let mut burns = BatchNormConfig::new(3).init::<AD>(&device);
         let gamma = Tensor::<AD, 1>::from_floats([0.5, 1.5, -1.0], &device);
         let beta = Tensor::<AD, 1>::from_floats([0.1, -0.2, 0.3], &device);
-        let ours = BatchNorm2d { gamma: Param::from_tensor(gamma.clone()), beta: Param::from_tensor(beta.clone()), ..ours };
+        let ours =
+            BatchNorm2d { gamma: Param::from_tensor(gamma.clone()), beta: Param::from_tensor(beta.clone()), ..ours };
         burns.gamma = Param::from_tensor(gamma);
         burns.beta = Param::from_tensor(beta);
 
@@ -170,12 +172,20 @@ mod tests {
         let gg_ours = ours.gamma.grad(&g_ours).unwrap();
         let g_burn = (y_burn * w).sum().backward();
         x.grad(&g_burn).unwrap().to_data().assert_approx_eq::<f32>(&gx_ours.to_data(), Tolerance::absolute(1e-4));
-        burns.gamma.grad(&g_burn).unwrap().to_data().assert_approx_eq::<f32>(&gg_ours.to_data(), Tolerance::absolute(1e-3));
+        burns
+            .gamma
+            .grad(&g_burn)
+            .unwrap()
+            .to_data()
+            .assert_approx_eq::<f32>(&gg_ours.to_data(), Tolerance::absolute(1e-3));
 
         // running mean as Burn's (0.1 · batch mean ≈ 0.2); running variance unbiased (n = 4*5*6 = 120)
         let rm: Vec<f32> = ours.running_mean.value_sync().to_data().to_vec().unwrap();
         assert!(rm.iter().all(|m| (m - 0.2).abs() < 0.15), "running mean {rm:?}");
-        ours.running_mean.value_sync().to_data().assert_approx_eq::<f32>(&burns.running_mean.value_sync().to_data(), Tolerance::absolute(1e-5));
+        ours.running_mean
+            .value_sync()
+            .to_data()
+            .assert_approx_eq::<f32>(&burns.running_mean.value_sync().to_data(), Tolerance::absolute(1e-5));
         let burn_var = burns.running_var.value_sync().sub_scalar(0.9).mul_scalar(120.0 / 119.0).add_scalar(0.9);
         ours.running_var.value_sync().to_data().assert_approx_eq::<f32>(&burn_var.to_data(), Tolerance::absolute(1e-4));
 

@@ -97,7 +97,8 @@ pub struct ImportOptions {
 pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, WeightsError> {
     let head = {
         use std::io::Read;
-        let mut f = std::fs::File::open(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
+        let mut f =
+            std::fs::File::open(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
         let mut b = [0u8; 9];
         let n = f.read(&mut b).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
         b[..n].to_vec()
@@ -115,7 +116,8 @@ pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, 
         }
     } else if is_zip || is_pickle {
         let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-        let snaps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.get_all_snapshots().map(|m| m.clone())));
+        let snaps =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.get_all_snapshots().map(|m| m.clone())));
         match snaps {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(not_ckpt(e.to_string())),
@@ -132,7 +134,8 @@ pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, 
 
 fn pytorch_shape(key: &str, shape: &[usize]) -> Vec<usize> {
     // Burn's Linear keeps [in, out]; PyTorch [out, in]
-    let is_linear = key == "fc.weight" || (key.starts_with("controller.") && key.ends_with(".weight") && shape.len() == 2);
+    let is_linear =
+        key == "fc.weight" || (key.starts_with("controller.") && key.ends_with(".weight") && shape.len() == 2);
     if is_linear {
         vec![shape[1], shape[0]]
     } else {
@@ -145,13 +148,14 @@ fn pytorch_shape(key: &str, shape: &[usize]) -> Vec<usize> {
 /// # Errors
 /// An unreadable file, a key the model does not have, a missing key or a tensor of the wrong
 /// shape, each named; a classifier with another class count unless `allow_new_head`.
-pub fn load_torchvision<B: Backend>(mut model: Dmnn<B>, path: &Path, options: ImportOptions) -> Result<Dmnn<B>, WeightsError> {
+pub fn load_torchvision<B: Backend>(
+    mut model: Dmnn<B>,
+    path: &Path,
+    options: ImportOptions,
+) -> Result<Dmnn<B>, WeightsError> {
     let file = read_checkpoint(path)?;
-    let expected: BTreeMap<String, Vec<usize>> = model
-        .collect(None, None, true)
-        .into_iter()
-        .map(|s| (s.full_path(), s.shape.to_vec()))
-        .collect();
+    let expected: BTreeMap<String, Vec<usize>> =
+        model.collect(None, None, true).into_iter().map(|s| (s.full_path(), s.shape.to_vec())).collect();
     let single_path = model.config.num_paths == 1;
     let mut renamed = Vec::new();
     let mut provided = BTreeSet::new();
@@ -235,7 +239,10 @@ pub fn save_torchvision<B: Backend>(model: &Dmnn<B>, path: &Path) -> Result<(), 
         let key = dmnn_to_torchvision(&ours, single_path);
         if key.ends_with(".running_var") && !key.starts_with("controller.") {
             let nbt = key.trim_end_matches("running_var").to_string() + "num_batches_tracked";
-            blobs.insert(nbt, Blob { dtype: safetensors::Dtype::I64, shape: vec![], bytes: 0i64.to_le_bytes().to_vec() });
+            blobs.insert(
+                nbt,
+                Blob { dtype: safetensors::Dtype::I64, shape: vec![], bytes: 0i64.to_le_bytes().to_vec() },
+            );
         }
         let shape = data.shape.to_vec();
         blobs.insert(key, Blob { dtype: safetensors::Dtype::F32, shape, bytes: data.into_bytes().to_vec() });
@@ -247,4 +254,3 @@ pub fn save_torchvision<B: Backend>(model: &Dmnn<B>, path: &Path) -> Result<(), 
         .map_err(|e| write_err(e.to_string()))?;
     std::fs::rename(&tmp, path).map_err(|e| write_err(e.to_string()))
 }
-

@@ -137,15 +137,24 @@ mod tests {
             ("layer3.0.downsample.1.bias", "layers.2.0.downsample.bn.beta", true),
             ("layer3.0.downsample.0.weight", "layers.2.0.downsample.conv.weight", true),
             ("layer1.1.paths.1.conv3.weight", "layers.0.1.paths.1.conv3.weight", false),
-            ("controller.recurrent.update_gate.input_transform.weight", "controller.recurrent.update_gate.input_transform.weight", false),
+            (
+                "controller.recurrent.update_gate.input_transform.weight",
+                "controller.recurrent.update_gate.input_transform.weight",
+                false,
+            ),
             ("bn1.running_var", "bn1.running_var", true),
         ] {
             assert_eq!(torchvision_to_dmnn(tv), KeyMapping::To(ours.into()), "{tv}");
             assert_eq!(dmnn_to_torchvision(ours, single), tv, "{ours}");
         }
         // exports written before the recurrent cell became one field
-        for old in ["controller.gru.reset_gate.hidden_transform.bias", "controller.lstm.reset_gate.hidden_transform.bias"] {
-            assert_eq!(torchvision_to_dmnn(old), KeyMapping::To("controller.recurrent.reset_gate.hidden_transform.bias".into()));
+        for old in
+            ["controller.gru.reset_gate.hidden_transform.bias", "controller.lstm.reset_gate.hidden_transform.bias"]
+        {
+            assert_eq!(
+                torchvision_to_dmnn(old),
+                KeyMapping::To("controller.recurrent.reset_gate.hidden_transform.bias".into())
+            );
         }
         assert_eq!(
             torchvision_to_dmnn("controller.blocks.2.embed_norm.weight"),

@@ -43,7 +43,8 @@ pub struct InitReport {
 /// narrower than its share.
 pub fn init_from_resnet<B: Backend>(dmnn: Dmnn<B>, resnet: &Dmnn<B>) -> Result<(Dmnn<B>, InitReport), WeightsError> {
     let (d, r) = (&dmnn.config, &resnet.config);
-    let not_a_slice = |reason: String| WeightsError::NotASlice { model: d.name.clone(), resnet: r.name.clone(), reason };
+    let not_a_slice =
+        |reason: String| WeightsError::NotASlice { model: d.name.clone(), resnet: r.name.clone(), reason };
     if !(r.num_paths == 1
         && d.block == r.block
         && d.stage_depths == r.stage_depths
@@ -92,7 +93,8 @@ pub fn init_from_resnet<B: Backend>(dmnn: Dmnn<B>, resnet: &Dmnn<B>) -> Result<(
                             slice.path(path, source, &mut dropped_params)
                         })
                         .collect();
-                    let downsample = block.downsample.zip(resnet_block.downsample.as_ref()).map(|(ours, theirs)| copy(ours, theirs));
+                    let downsample =
+                        block.downsample.zip(resnet_block.downsample.as_ref()).map(|(ours, theirs)| copy(ours, theirs));
                     MultiPathBlock { paths, downsample }
                 })
                 .collect()
@@ -116,7 +118,12 @@ fn copy<B: Backend, M: Module<B>>(ours: M, theirs: &M) -> M {
 }
 
 /// `fresh` with `fresh[dst] = src[from]` over the first two dimensions (the rest whole).
-fn take<B: Backend, const D: usize>(fresh: Tensor<B, D>, src: Tensor<B, D>, from: [Range<usize>; 2], to: [Range<usize>; 2]) -> Tensor<B, D> {
+fn take<B: Backend, const D: usize>(
+    fresh: Tensor<B, D>,
+    src: Tensor<B, D>,
+    from: [Range<usize>; 2],
+    to: [Range<usize>; 2],
+) -> Tensor<B, D> {
     let part = src.slice(from);
     fresh.slice_assign(to, part)
 }

@@ -44,7 +44,9 @@ impl std::str::FromStr for MemoryCase {
         if !["full", "masked", "sparse"].contains(&mode) {
             return Err(bad(format!("mode '{mode}' is not one of full, masked, sparse")));
         }
-        let number = |what: &str, v: &str| -> Result<f64> { v.parse().map_err(|_| bad(format!("{what} '{v}' is not a number"))) };
+        let number = |what: &str, v: &str| -> Result<f64> {
+            v.parse().map_err(|_| bad(format!("{what} '{v}' is not a number")))
+        };
         Ok(Self {
             model: model.to_string(),
             image_size: number("image_size", size)? as usize,
@@ -91,7 +93,13 @@ pub fn run_memory_case<B: Backend>(case: &MemoryCase, seed: u64, device: &B::Dev
 pub fn memory_cases(rows: &[BenchRow]) -> Vec<MemoryCase> {
     rows.iter()
         .filter(|r| ["full", "masked", "sparse"].contains(&r.mode.as_str()))
-        .map(|r| MemoryCase { model: r.model.clone(), image_size: r.image_size, batch: r.batch, rate: r.rate, mode: r.mode.clone() })
+        .map(|r| MemoryCase {
+            model: r.model.clone(),
+            image_size: r.image_size,
+            batch: r.batch,
+            rate: r.rate,
+            mode: r.mode.clone(),
+        })
         .collect()
 }
 
@@ -117,7 +125,11 @@ pub fn write_memory_csv(path: &Path, rows: &[(MemoryCase, f64)], machine: &str) 
 ///
 /// # Errors
 /// A case whose process fails or does not report its peak.
-pub fn measure_peak_memory(exe: &Path, rows: &[BenchRow], mut progress: impl FnMut(&MemoryCase, f64)) -> Result<Vec<(MemoryCase, f64)>> {
+pub fn measure_peak_memory(
+    exe: &Path,
+    rows: &[BenchRow],
+    mut progress: impl FnMut(&MemoryCase, f64),
+) -> Result<Vec<(MemoryCase, f64)>> {
     let mut out = Vec::new();
     for case in memory_cases(rows) {
         let output = std::process::Command::new(exe)
@@ -130,7 +142,11 @@ pub fn measure_peak_memory(exe: &Path, rows: &[BenchRow], mut progress: impl FnM
             .lines()
             .find_map(|l| l.strip_prefix("peak_rss_mib ").and_then(|v| v.trim().parse::<f64>().ok()))
             .ok_or_else(|| {
-                TrainError::Other(format!("memory case {case} failed: {}{}", stdout, String::from_utf8_lossy(&output.stderr)))
+                TrainError::Other(format!(
+                    "memory case {case} failed: {}{}",
+                    stdout,
+                    String::from_utf8_lossy(&output.stderr)
+                ))
             })?;
         progress(&case, peak);
         out.push((case, peak));

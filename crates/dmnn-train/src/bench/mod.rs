@@ -156,7 +156,13 @@ fn time<F: FnMut()>(warmup: usize, reps: usize, mut f: F) -> (f64, f64) {
     median_min(times)
 }
 
-fn random_gates<B: Backend>(model: &Dmnn<B>, batch: usize, rate: f64, seed: u64, device: &B::Device) -> Vec<Tensor<B, 2>> {
+fn random_gates<B: Backend>(
+    model: &Dmnn<B>,
+    batch: usize,
+    rate: f64,
+    seed: u64,
+    device: &B::Device,
+) -> Vec<Tensor<B, 2>> {
     let mut rng = StdRng::seed_from_u64(seed);
     let n = model.config.num_paths;
     (0..model.num_blocks())
@@ -178,7 +184,11 @@ fn images<B: Backend>(config: &DmnnConfig, size: usize, batch: usize, device: &B
 }
 
 /// Runs the benchmark on backend `B`; `progress` receives a line per measurement.
-pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, mut progress: impl FnMut(&BenchRow)) -> Result<Vec<BenchRow>> {
+pub fn run_bench<B: AutodiffBackend>(
+    config: &BenchConfig,
+    device: &B::Device,
+    mut progress: impl FnMut(&BenchRow),
+) -> Result<Vec<BenchRow>> {
     let mut rows = Vec::new();
     let sync = |d: &B::Device| {
         let _ = B::InnerBackend::sync(d);
@@ -194,8 +204,10 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
             // correctness first
             for &rate in &config.rates {
                 let gates = random_gates(&model, batch, rate, config.seed, device);
-                let masked = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(gates.clone()));
-                let sparse = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates));
+                let masked = model
+                    .forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(gates.clone()));
+                let sparse =
+                    model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates));
                 let diff = (masked.logits - sparse.logits).abs().max().into_scalar().to_f64();
                 if !(diff <= 1e-4) {
                     return Err(TrainError::Other(format!(
@@ -211,7 +223,8 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
             let mut macs_ratios = Vec::new();
             for &rate in &config.rates {
                 let gates = random_gates(&model, batch, rate, config.seed, device);
-                let probe = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates.clone()));
+                let probe = model
+                    .forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates.clone()));
                 let macs_ratio = probe.macs_ratio().mean().into_scalar().to_f64();
                 macs_ratios.push(macs_ratio);
                 cases.push((rate, "full", None, 1.0));
@@ -220,11 +233,14 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
             }
             let run = |case: &(f64, &str, Option<Vec<Tensor<B::InnerBackend, 2>>>, f64)| {
                 let start = Instant::now();
-                let out = match (&case.2, case.1) {
-                    (None, _) => static_model.forward(x.clone()),
-                    (Some(g), "masked") => model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(g.clone())),
-                    (Some(g), _) => model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(g.clone())),
-                };
+                let out =
+                    match (&case.2, case.1) {
+                        (None, _) => static_model.forward(x.clone()),
+                        (Some(g), "masked") => model
+                            .forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(g.clone())),
+                        (Some(g), _) => model
+                            .forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(g.clone())),
+                    };
                 let _ = out.logits.into_data();
                 sync(device);
                 start.elapsed().as_secs_f64() * 1e3
@@ -238,7 +254,9 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
             let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
             let start = Instant::now();
             let mut rounds = 0;
-            while rounds < config.reps.max(1) || (start.elapsed().as_secs_f64() < config.min_seconds && rounds < MAX_ROUNDS) {
+            while rounds < config.reps.max(1)
+                || (start.elapsed().as_secs_f64() < config.min_seconds && rounds < MAX_ROUNDS)
+            {
                 for (t, case) in times.iter_mut().zip(&cases) {
                     t.push(run(case));
                 }
@@ -250,7 +268,11 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                 progress(&row);
                 rows.push(row);
             };
-            let row = |rate: f64, mode: &str, (ms_median, ms_min): (f64, f64), macs_ratio: f64, ratio_to_full: Option<f64>| BenchRow {
+            let row = |rate: f64,
+                       mode: &str,
+                       (ms_median, ms_min): (f64, f64),
+                       macs_ratio: f64,
+                       ratio_to_full: Option<f64>| BenchRow {
                 model: name.clone(),
                 image_size: *size,
                 batch,
@@ -280,7 +302,18 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
                 let _ = model.forward(x.clone()).logits.into_data();
                 sync(device);
             });
-            let row = BenchRow { model: name.clone(), image_size: *size, batch, rate: 1.0, mode: "full".into(), ms_median: ms, ms_min: min, macs_ratio: 1.0, efficiency: None, ratio_to_full: None };
+            let row = BenchRow {
+                model: name.clone(),
+                image_size: *size,
+                batch,
+                rate: 1.0,
+                mode: "full".into(),
+                ms_median: ms,
+                ms_min: min,
+                macs_ratio: 1.0,
+                efficiency: None,
+                ratio_to_full: None,
+            };
             progress(&row);
             rows.push(row);
         }
@@ -289,7 +322,10 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
         let (cfg, mut model) = model_for::<B>(name, device)?;
         let mut optim = SgdConfig::new().init::<B, Dmnn<B>>();
         let x = images::<B>(&cfg, *size, *batch, device);
-        let y = Tensor::<B, 1, Int>::from_data(TensorData::new((0..*batch as i64).map(|i| i % cfg.num_classes as i64).collect(), [*batch]), device);
+        let y = Tensor::<B, 1, Int>::from_data(
+            TensorData::new((0..*batch as i64).map(|i| i % cfg.num_classes as i64).collect(), [*batch]),
+            device,
+        );
         let ce = CrossEntropyLossConfig::new().init(device);
         let mut ratio = 1.0;
         let (ms, min) = time(1, config.reps.min(3), || {
@@ -301,7 +337,18 @@ pub fn run_bench<B: AutodiffBackend>(config: &BenchConfig, device: &B::Device, m
             let _ = model.fc.weight.val().sum().into_data();
             sync(device);
         });
-        let row = BenchRow { model: name.clone(), image_size: *size, batch: *batch, rate: 1.0, mode: "train".into(), ms_median: ms, ms_min: min, macs_ratio: ratio, efficiency: None, ratio_to_full: None };
+        let row = BenchRow {
+            model: name.clone(),
+            image_size: *size,
+            batch: *batch,
+            rate: 1.0,
+            mode: "train".into(),
+            ms_median: ms,
+            ms_min: min,
+            macs_ratio: ratio,
+            efficiency: None,
+            ratio_to_full: None,
+        };
         progress(&row);
         rows.push(row);
     }
@@ -333,7 +380,11 @@ pub(crate) fn write_file(path: &Path, text: &str) -> Result<()> {
 pub fn machine_description(backend: &str) -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
         .unwrap_or_else(|| "unknown CPU".into());
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     format!("backend {backend}; {cpu}, {cores} cores")
@@ -355,7 +406,10 @@ mod tests {
     #[test]
     fn memory_case_round_trips_and_names_bad_input() {
         let case: MemoryCase = "dmnn50:224:16:0.5:sparse".parse().unwrap();
-        assert_eq!((case.model.as_str(), case.image_size, case.batch, case.rate, case.mode.as_str()), ("dmnn50", 224, 16, 0.5, "sparse"));
+        assert_eq!(
+            (case.model.as_str(), case.image_size, case.batch, case.rate, case.mode.as_str()),
+            ("dmnn50", 224, 16, 0.5, "sparse")
+        );
         assert_eq!(case.to_string().parse::<MemoryCase>().unwrap(), case);
         let err = "dmnn50:224:16:0.5:fast".parse::<MemoryCase>().unwrap_err().to_string();
         assert!(err.contains("mode 'fast'"), "{err}");

@@ -41,4 +41,3 @@ pub fn bench_pipeline(photos: &std::path::Path, images: usize) -> Result<(usize,
     let secs = start.elapsed().as_secs_f64();
     Ok((files.len(), images, secs, images as f64 / secs))
 }
-

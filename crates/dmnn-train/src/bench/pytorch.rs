@@ -16,7 +16,10 @@ pub fn compare_pytorch(rows: &[BenchRow]) -> Result<()> {
         .map(PathBuf::from)
         .find(|p| p.is_file())
         .ok_or_else(|| TrainError::Other("scripts/bench_pytorch.py not found".into()))?;
-    let has_torch = std::process::Command::new("python3").args(["-c", "import torch, torchvision"]).output().is_ok_and(|o| o.status.success());
+    let has_torch = std::process::Command::new("python3")
+        .args(["-c", "import torch, torchvision"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !has_torch {
         println!("PyTorch comparison skipped: `python3 -c 'import torch, torchvision'` failed (pip install torch torchvision)");
         return Ok(());
@@ -36,9 +39,12 @@ pub fn compare_pytorch(rows: &[BenchRow]) -> Result<()> {
         let (model, batch, mode) = (f[0], f[2].parse::<usize>().unwrap_or(0), f[4]);
         let torch_ms: f64 = f[5].parse().unwrap_or(f64::NAN);
         if let Some(ours) = rows.iter().find(|r| r.model == model && r.batch == batch && r.mode == mode) {
-            println!("{model:<10} {batch:>5} {mode:<6} {:>12.2} {torch_ms:>12.2} {:>8.2}", ours.ms_median, ours.ms_median / torch_ms);
+            println!(
+                "{model:<10} {batch:>5} {mode:<6} {:>12.2} {torch_ms:>12.2} {:>8.2}",
+                ours.ms_median,
+                ours.ms_median / torch_ms
+            );
         }
     }
     Ok(())
 }
-

@@ -15,9 +15,8 @@ pub const FASHION_MNIST_MEAN: f32 = 0.2860;
 /// Standard deviation of Fashion-MNIST training pixels.
 pub const FASHION_MNIST_STD: f32 = 0.3530;
 /// Class names, by label.
-pub const FASHION_MNIST_CLASSES: [&str; 10] = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-];
+pub const FASHION_MNIST_CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
 
 /// A split of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,11 +38,7 @@ pub fn default_fashion_mnist_dir() -> PathBuf {
         Some(PathBuf::from("/usr/share/datasets/fashion-mnist")),
     ];
     let first = candidates[1].clone().unwrap();
-    candidates
-        .into_iter()
-        .flatten()
-        .find(|dir| dir.join("train-images-idx3-ubyte.gz").is_file())
-        .unwrap_or(first)
+    candidates.into_iter().flatten().find(|dir| dir.join("train-images-idx3-ubyte.gz").is_file()).unwrap_or(first)
 }
 
 fn read_gz(path: &Path) -> Result<Vec<u8>, DataError> {
@@ -84,7 +79,10 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
     }
     let n = be_u32(&bytes, 4);
     if bytes.len() != 8 + n {
-        return Err(DataError::format(path, format!("IDX header says {n} labels but the file has {} bytes", bytes.len() - 8)));
+        return Err(DataError::format(
+            path,
+            format!("IDX header says {n} labels but the file has {} bytes", bytes.len() - 8),
+        ));
     }
     Ok(bytes[8..].to_vec())
 }
@@ -92,10 +90,7 @@ pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
 /// Loads a split of Fashion-MNIST (or MNIST: same files) from `dir`.
 pub fn fashion_mnist(dir: &Path, split: Split) -> Result<InMemoryImages, DataError> {
     if !dir.is_dir() {
-        return Err(DataError::Missing {
-            what: "Fashion-MNIST directory".into(),
-            path: dir.to_path_buf(),
-        });
+        return Err(DataError::Missing { what: "Fashion-MNIST directory".into(), path: dir.to_path_buf() });
     }
     let prefix = match split {
         Split::Train => "train",

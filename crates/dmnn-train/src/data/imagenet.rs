@@ -29,12 +29,8 @@ pub struct ValLabels {
 }
 
 /// Label file names looked for in the dataset root and in `val/`.
-const LABEL_FILES: [&str; 4] = [
-    "LOC_val_solution.csv",
-    "ILSVRC2012_validation_ground_truth.txt",
-    "val_labels.txt",
-    "val.txt",
-];
+const LABEL_FILES: [&str; 4] =
+    ["LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "val_labels.txt", "val.txt"];
 
 /// An image-classification folder: files and their class indices.
 pub struct ImageFolder {
@@ -70,7 +66,11 @@ enum RawLabel {
 }
 
 /// Reads a validation label file into `image stem -> label`.
-fn read_val_labels(path: &Path, synsets: Option<&Path>, files: &[PathBuf]) -> Result<HashMap<String, RawLabel>, DataError> {
+fn read_val_labels(
+    path: &Path,
+    synsets: Option<&Path>,
+    files: &[PathBuf],
+) -> Result<HashMap<String, RawLabel>, DataError> {
     let text = std::fs::read_to_string(path).map_err(DataError::io(path))?;
     let mut labels = HashMap::new();
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
@@ -78,9 +78,10 @@ fn read_val_labels(path: &Path, synsets: Option<&Path>, files: &[PathBuf]) -> Re
         // Kaggle: ImageId,PredictionString  (first token of the prediction string is the wnid)
         for (n, line) in text.lines().enumerate().skip(1) {
             let Some((id, pred)) = line.split_once(',') else { continue };
-            let wnid = pred.split_whitespace().next().ok_or_else(|| {
-                DataError::format(path, format!("line {}: no wnid in '{line}'", n + 1))
-            })?;
+            let wnid = pred
+                .split_whitespace()
+                .next()
+                .ok_or_else(|| DataError::format(path, format!("line {}: no wnid in '{line}'", n + 1)))?;
             labels.insert(id.trim().to_string(), RawLabel::Wnid(wnid.to_string()));
         }
     } else if text.lines().filter(|l| !l.trim().is_empty()).all(|l| l.trim().parse::<usize>().is_ok()) {
@@ -97,14 +98,16 @@ fn read_val_labels(path: &Path, synsets: Option<&Path>, files: &[PathBuf]) -> Re
             .lines()
             .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
             .collect();
-        let ids: Vec<usize> = text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().unwrap()).collect();
+        let ids: Vec<usize> =
+            text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().unwrap()).collect();
         if ids.len() != files.len() {
             return Err(DataError::format(path, format!("{} labels for {} images in val/", ids.len(), files.len())));
         }
         for (file, id) in files.iter().zip(ids) {
-            let wnid = wnids.get(id.wrapping_sub(1)).filter(|w| !w.is_empty()).ok_or_else(|| {
-                DataError::format(synsets, format!("no wnid for ILSVRC2012_ID {id}"))
-            })?;
+            let wnid = wnids
+                .get(id.wrapping_sub(1))
+                .filter(|w| !w.is_empty())
+                .ok_or_else(|| DataError::format(synsets, format!("no wnid for ILSVRC2012_ID {id}")))?;
             labels.insert(stem(file), RawLabel::Wnid(wnid.clone()));
         }
     } else {
@@ -158,7 +161,10 @@ impl ImageFolder {
             for dir in &split_classes {
                 let name = dir.file_name().unwrap().to_string_lossy();
                 let Some(&label) = index.get(name.as_ref()) else {
-                    return Err(DataError::format(dir, format!("class '{name}' is not a class of {}", train_dir.display())));
+                    return Err(DataError::format(
+                        dir,
+                        format!("class '{name}' is not a class of {}", train_dir.display()),
+                    ));
                 };
                 for file in list_dir(dir)?.into_iter().filter(|p| p.is_file()) {
                     entries.push((file, label));
@@ -166,7 +172,8 @@ impl ImageFolder {
             }
         } else {
             // flat val/: labels from a file
-            let files: Vec<PathBuf> = list_dir(&split_dir)?.into_iter().filter(|p| p.is_file() && !is_label_file(p)).collect();
+            let files: Vec<PathBuf> =
+                list_dir(&split_dir)?.into_iter().filter(|p| p.is_file() && !is_label_file(p)).collect();
             let label_file = match &val_labels.file {
                 Some(f) => f.clone(),
                 None => LABEL_FILES
@@ -180,10 +187,13 @@ impl ImageFolder {
             };
             let labels = read_val_labels(&label_file, val_labels.synsets.as_deref(), &files)?;
             if classes.is_empty() {
-                let wnids: BTreeSet<&str> = labels.values().filter_map(|l| match l {
-                    RawLabel::Wnid(w) => Some(w.as_str()),
-                    RawLabel::Index(_) => None,
-                }).collect();
+                let wnids: BTreeSet<&str> = labels
+                    .values()
+                    .filter_map(|l| match l {
+                        RawLabel::Wnid(w) => Some(w.as_str()),
+                        RawLabel::Index(_) => None,
+                    })
+                    .collect();
                 classes = wnids.into_iter().map(String::from).collect();
             }
             let index: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
@@ -191,7 +201,10 @@ impl ImageFolder {
                 let key = stem(&file);
                 let label = match labels.get(&key) {
                     Some(RawLabel::Wnid(w)) => *index.get(w.as_str()).ok_or_else(|| {
-                        DataError::format(&label_file, format!("{key}: wnid {w} is not one of the {} classes", classes.len()))
+                        DataError::format(
+                            &label_file,
+                            format!("{key}: wnid {w} is not one of the {} classes", classes.len()),
+                        )
                     })?,
                     Some(RawLabel::Index(i)) => *i as u32,
                     None => return Err(DataError::format(&label_file, format!("no label for {}", file.display()))),
@@ -246,9 +259,8 @@ pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
 /// Decodes an image file by its content (whatever its extension) into RGB.
 pub fn decode_rgb(path: &Path) -> Result<RgbImage, String> {
     let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
-    let reader = image::ImageReader::new(std::io::Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| e.to_string())?;
+    let reader =
+        image::ImageReader::new(std::io::Cursor::new(&bytes)).with_guessed_format().map_err(|e| e.to_string())?;
     match reader.format() {
         None => return Err("not an image (unknown format)".into()),
         Some(image::ImageFormat::Jpeg) if !jpeg_is_complete(&bytes) => {
@@ -284,7 +296,12 @@ impl ImageSource for ImageFolder {
     }
 
     fn describe(&self) -> String {
-        format!("ImageNet-layout folder {} ({} images, {} classes)", self.root.display(), self.entries.len(), self.classes.len())
+        format!(
+            "ImageNet-layout folder {} ({} images, {} classes)",
+            self.root.display(),
+            self.entries.len(),
+            self.classes.len()
+        )
     }
 }
 
@@ -302,7 +319,10 @@ mod tests {
         // CMYK comes out as plausible colours: the cat photo is not mostly black or white
         let cmyk = decode_rgb(&photos.join("chelsea_cmyk.jpg")).unwrap();
         let rgb = decode_rgb(&photos.join("chelsea.jpg")).unwrap();
-        let mean = |im: &RgbImage| im.pixels().map(|p| p.0.iter().map(|&v| v as f64).sum::<f64>() / 3.0).sum::<f64>() / (im.width() * im.height()) as f64;
+        let mean = |im: &RgbImage| {
+            im.pixels().map(|p| p.0.iter().map(|&v| v as f64).sum::<f64>() / 3.0).sum::<f64>()
+                / (im.width() * im.height()) as f64
+        };
         assert!((mean(&cmyk) - mean(&rgb)).abs() < 25.0, "CMYK mean {} vs RGB mean {}", mean(&cmyk), mean(&rgb));
         let bytes = std::fs::read(photos.join("chelsea.jpg")).unwrap();
         assert!(jpeg_is_complete(&bytes));

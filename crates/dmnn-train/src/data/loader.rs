@@ -130,7 +130,15 @@ impl<B: Backend> EpochLoader<B> {
             .build()
             .expect("data worker pool");
         let range = (0, source.len());
-        Self { source, config, range, epoch: Arc::new(AtomicUsize::new(0)), device, pool: Arc::new(pool), skipped: SkippedSamples::default() }
+        Self {
+            source,
+            config,
+            range,
+            epoch: Arc::new(AtomicUsize::new(0)),
+            device,
+            pool: Arc::new(pool),
+            skipped: SkippedSamples::default(),
+        }
     }
 
     /// Makes the next call to `iter` produce epoch `epoch` (0-based): for resuming.
@@ -341,7 +349,8 @@ mod tests {
 
     #[test]
     fn max_batches_and_slices() {
-        let data = InMemoryImages::new("z", vec![0; 20], (0..20).map(|i| i % 2).collect(), [1, 1, 1], 2, vec![0.0], vec![1.0]);
+        let data =
+            InMemoryImages::new("z", vec![0; 20], (0..20).map(|i| i % 2).collect(), [1, 1, 1], 2, vec![0.0], vec![1.0]);
         let mut config = LoaderConfig::eval(3);
         config.max_batches = Some(2);
         let loader = EpochLoader::<Flex>::new(Arc::new(data), config, Default::default());

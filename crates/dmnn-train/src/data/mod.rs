@@ -63,10 +63,7 @@ impl DataError {
         let path = path.into();
         move |source| {
             if source.kind() == std::io::ErrorKind::NotFound {
-                Self::Missing {
-                    what: "file".into(),
-                    path,
-                }
+                Self::Missing { what: "file".into(), path }
             } else {
                 Self::Io { path, source }
             }
@@ -74,9 +71,6 @@ impl DataError {
     }
 
     pub(crate) fn format(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
-        Self::Format {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        Self::Format { path: path.into(), reason: reason.into() }
     }
 }

@@ -88,16 +88,7 @@ impl InMemoryImages {
         if let Some(bad) = labels.iter().find(|&&l| l as usize >= num_classes) {
             panic!("label {bad} out of range for {num_classes} classes");
         }
-        Self {
-            name: name.into(),
-            pixels,
-            labels,
-            shape,
-            num_classes,
-            mean,
-            std,
-            augment: SmallAugment::default(),
-        }
+        Self { name: name.into(), pixels, labels, shape, num_classes, mean, std, augment: SmallAugment::default() }
     }
 
     /// Sets the training augmentation.

@@ -49,12 +49,7 @@ pub struct ImageTransform {
 impl ImageTransform {
     /// The standard transforms for `size x size` outputs.
     pub fn new(size: usize) -> Self {
-        Self {
-            size,
-            scale: [0.08, 1.0],
-            ratio: [3.0 / 4.0, 4.0 / 3.0],
-            crop_share: 224.0 / 256.0,
-        }
+        Self { size, scale: [0.08, 1.0], ratio: [3.0 / 4.0, 4.0 / 3.0], crop_share: 224.0 / 256.0 }
     }
 
     /// torchvision's `RandomResizedCrop.get_params`: ten tries at a random area and log-uniform

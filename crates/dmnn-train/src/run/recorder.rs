@@ -54,7 +54,9 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
             })?
         });
         match migrated {
-            Some(bytes) => rmp_serde::from_slice::<I>(&bytes).map_err(|e| RecorderError::DeserializeError(e.to_string())),
+            Some(bytes) => {
+                rmp_serde::from_slice::<I>(&bytes).map_err(|e| RecorderError::DeserializeError(e.to_string()))
+            }
             None => Err(RecorderError::DeserializeError(first.to_string())),
         }
     }
@@ -118,7 +120,8 @@ fn migrate_path(path: &mut rmpv::Value) -> bool {
 
 /// An old controller record (`gru` and `lstm` options) gets one `recurrent` option.
 fn migrate_recurrent(entries: &mut Vec<(rmpv::Value, rmpv::Value)>) -> bool {
-    let has = |entries: &Vec<(rmpv::Value, rmpv::Value)>, name: &str| entries.iter().any(|(k, _)| k.as_str() == Some(name));
+    let has =
+        |entries: &Vec<(rmpv::Value, rmpv::Value)>, name: &str| entries.iter().any(|(k, _)| k.as_str() == Some(name));
     if !(has(entries, "gru") && has(entries, "lstm") && has(entries, "blocks")) {
         return false;
     }
@@ -145,11 +148,26 @@ mod tests {
     #[test]
     fn old_paths_and_cells_are_rewritten_once() {
         let tensor = Value::Integer(1.into());
-        let basic = map(&[("conv1", tensor.clone()), ("bn1", tensor.clone()), ("conv2", tensor.clone()), ("bn2", tensor.clone()), ("conv3", Value::Nil), ("bn3", Value::Nil)]);
+        let basic = map(&[
+            ("conv1", tensor.clone()),
+            ("bn1", tensor.clone()),
+            ("conv2", tensor.clone()),
+            ("bn2", tensor.clone()),
+            ("conv3", Value::Nil),
+            ("bn3", Value::Nil),
+        ]);
         let bottleneck = map(&[("conv1", tensor.clone()), ("conv3", tensor.clone()), ("bn3", tensor.clone())]);
-        let controller = map(&[("blocks", Value::Array(vec![])), ("gru", Value::Nil), ("lstm", tensor.clone()), ("num_paths", Value::Nil)]);
+        let controller = map(&[
+            ("blocks", Value::Array(vec![])),
+            ("gru", Value::Nil),
+            ("lstm", tensor.clone()),
+            ("num_paths", Value::Nil),
+        ]);
         let mut record = map(&[
-            ("layers", Value::Array(vec![Value::Array(vec![map(&[("paths", Value::Array(vec![basic, bottleneck]))])])])),
+            (
+                "layers",
+                Value::Array(vec![Value::Array(vec![map(&[("paths", Value::Array(vec![basic, bottleneck]))])])]),
+            ),
             ("controller", controller),
         ]);
         assert!(migrate_record(&mut record));

@@ -45,7 +45,6 @@ impl EpochTable {
     pub fn rows(&self) -> Vec<BTreeMap<String, f64>> {
         self.inner.lock().unwrap().rows.clone()
     }
-
 }
 
 impl MetricLogger for EpochTable {
@@ -71,11 +70,8 @@ impl MetricLogger for EpochTable {
             return;
         }
         let mut inner = self.inner.lock().unwrap();
-        let mut row: BTreeMap<String, f64> = inner
-            .current
-            .iter()
-            .map(|((split, name), v)| (format!("{split}_{name}"), *v))
-            .collect();
+        let mut row: BTreeMap<String, f64> =
+            inner.current.iter().map(|((split, name), v)| (format!("{split}_{name}"), *v)).collect();
         row.insert("epoch".into(), summary.epoch_number as f64);
         inner.current.clear();
         if let Some(csv) = inner.csv.clone() {
@@ -226,7 +222,10 @@ impl MetricsRendererTraining for PlainRenderer {
         self.render(&item, "valid");
     }
 
-    fn on_train_end(&mut self, _summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn core::error::Error>> {
+    fn on_train_end(
+        &mut self,
+        _summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn core::error::Error>> {
         Ok(())
     }
 }
@@ -246,7 +245,6 @@ impl MetricsRenderer for PlainRenderer {
         self.names.insert(definition.metric_id, definition.name);
     }
 }
-
 
 /// The epoch's running values of the metrics, from their batch values: weighted means, and the
 /// standard deviation of the per-image GMACs from each batch's mean and standard deviation
@@ -304,7 +302,10 @@ impl MetricsRendererTraining for BoxedRenderer {
     fn render_valid(&mut self, item: TrainingProgress, p: Vec<ProgressType>) {
         self.0.render_valid(item, p)
     }
-    fn on_train_end(&mut self, summary: Option<burn::train::LearnerSummary>) -> Result<(), Box<dyn core::error::Error>> {
+    fn on_train_end(
+        &mut self,
+        summary: Option<burn::train::LearnerSummary>,
+    ) -> Result<(), Box<dyn core::error::Error>> {
         self.0.on_train_end(summary)
     }
 }
@@ -348,4 +349,3 @@ mod tests {
         assert_eq!(stats.mean("loss"), None);
     }
 }
-

@@ -44,8 +44,20 @@ pub fn text(out: &Output) -> String {
 /// Arguments of a quick Fashion-MNIST run: a half-width dmnn_small, a few steps per epoch.
 pub fn quick_fashion_args(out: &Path, epochs: usize) -> Vec<String> {
     [
-        "train", "--plain", "--width-mult", "0.5", "--batch-size", "32", "--max-steps-per-epoch", "6",
-        "--max-eval-batches", "2", "--eval-batch-size", "64", "--workers", "2",
+        "train",
+        "--plain",
+        "--width-mult",
+        "0.5",
+        "--batch-size",
+        "32",
+        "--max-steps-per-epoch",
+        "6",
+        "--max-eval-batches",
+        "2",
+        "--eval-batch-size",
+        "64",
+        "--workers",
+        "2",
     ]
     .iter()
     .map(|s| s.to_string())

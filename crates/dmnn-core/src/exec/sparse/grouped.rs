@@ -86,11 +86,7 @@ pub fn patterns_from_host(values: &[f32], batch_size: usize, num_paths: usize) -
         "sparse execution supports at most {MAX_SPARSE_PATHS} paths per block, got num_paths={num_paths}"
     );
     (0..batch_size)
-        .map(|b| {
-            (0..num_paths)
-                .filter(|&i| values[b * num_paths + i] > 0.5)
-                .fold(0, |acc, i| acc | (1 << i))
-        })
+        .map(|b| (0..num_paths).filter(|&i| values[b * num_paths + i] > 0.5).fold(0, |acc, i| acc | (1 << i)))
         .collect()
 }
 
@@ -98,10 +94,7 @@ impl<B: Backend> GroupedBatch<B> {
     /// The whole batch as one group, in the caller's order.
     pub fn new(x: Tensor<B, 4>) -> Self {
         let batch_size = x.dims()[0];
-        Self {
-            batch_size,
-            groups: vec![SampleGroup { x, samples: (0..batch_size).collect() }],
-        }
+        Self { batch_size, groups: vec![SampleGroup { x, samples: (0..batch_size).collect() }] }
     }
 
     /// Number of samples.
@@ -244,7 +237,12 @@ impl<B: Backend> GroupedBatch<B> {
 
     /// Gathers the new groups of `plan` (one `cat` each) and applies `f` to each. A current
     /// group's buffer is released as soon as every new group drawing on it has been gathered.
-    fn gather(self, plan: Vec<GroupPlan>, concurrent: bool, f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
+    fn gather(
+        self,
+        plan: Vec<GroupPlan>,
+        concurrent: bool,
+        f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send,
+    ) -> Self {
         let pieces: Vec<_> = plan
             .into_iter()
             .map(|group| {
@@ -330,7 +328,8 @@ mod tests {
     fn regroup_map_applies_each_group_its_pattern() {
         let x = batch(5);
         // first values 0..5; every group adds its pattern
-        let mapped = GroupedBatch::new(x).regroup_map(&[3, 0, 1, 3, 1], true, |pattern, t| t.add_scalar(pattern as f32));
+        let mapped =
+            GroupedBatch::new(x).regroup_map(&[3, 0, 1, 3, 1], true, |pattern, t| t.add_scalar(pattern as f32));
         let samples: Vec<Vec<usize>> = mapped.groups().iter().map(|g| g.samples.clone()).collect();
         assert_eq!(samples, vec![vec![1], vec![2, 4], vec![0, 3]]);
         assert_eq!(first_values(&mapped.into_tensor()), vec![3.0, 1.0, 3.0, 6.0, 5.0]);

@@ -16,7 +16,11 @@ use crate::backend::BackendKind;
 
 /// Dynamic Multi-path Neural Networks: train, evaluate, measure.
 #[derive(Parser, Debug)]
-#[command(name = "dmnn", version, about = "Dynamic Multi-path Neural Networks: train, evaluate and measure gated ResNets")]
+#[command(
+    name = "dmnn",
+    version,
+    about = "Dynamic Multi-path Neural Networks: train, evaluate and measure gated ResNets"
+)]
 pub struct Cli {
     /// The command.
     #[command(subcommand)]
@@ -435,7 +439,11 @@ impl TrainArgs {
         let mut c = match &self.run.config {
             Some(path) => TrainConfig::read_run_config(path)?,
             None if imagenet => {
-                let data = self.data.data.clone().context("train-imagenet needs --data DIR (the ImageNet root with train/ and val/)")?;
+                let data = self
+                    .data
+                    .data
+                    .clone()
+                    .context("train-imagenet needs --data DIR (the ImageNet root with train/ and val/)")?;
                 TrainConfig::imagenet(data)
             }
             None => TrainConfig::fashion_mnist(),

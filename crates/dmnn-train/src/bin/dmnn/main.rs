@@ -68,7 +68,9 @@ fn restart_without_purging() {
         let Ok(exe) = std::env::current_exe() else { return };
         // `exec` only returns on failure
         let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(PURGE_DELAY_VAR, "-1").exec();
-        eprintln!("warning: could not restart with {PURGE_DELAY_VAR}=-1 ({err}); timing with mimalloc's default purging");
+        eprintln!(
+            "warning: could not restart with {PURGE_DELAY_VAR}=-1 ({err}); timing with mimalloc's default purging"
+        );
     }
 }
 
@@ -159,10 +161,13 @@ impl BackendJob for BenchJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
         let args = self.0;
         if args.pipeline {
-            let photos = [PathBuf::from("data/photos"), PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/photos"))]
-                .into_iter()
-                .find(|p| p.is_dir())
-                .unwrap_or_else(|| PathBuf::from("data/photos"));
+            let photos = [
+                PathBuf::from("data/photos"),
+                PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../data/photos")),
+            ]
+            .into_iter()
+            .find(|p| p.is_dir())
+            .unwrap_or_else(|| PathBuf::from("data/photos"));
             let (files, n, secs, rate) = dmnn_train::bench::bench_pipeline(&photos, 600)?;
             println!(
                 "ImageNet input pipeline (decode + RandomResizedCrop 224 + flip + normalise), one core, {files} JPEG photographs of 300-640 px: {n} images in {secs:.2} s = {rate:.0} images/s per core ({})",
@@ -177,7 +182,8 @@ impl BackendJob for BenchJob {
         }
         if let Some(case) = &args.memory_case {
             dmnn_train::bench::run_memory_case::<B::InnerBackend>(case, config.seed, &device)?;
-            let peak = dmnn_train::bench::peak_rss_mib().context("this system does not report the peak resident set (/proc/self/status)")?;
+            let peak = dmnn_train::bench::peak_rss_mib()
+                .context("this system does not report the peak resident set (/proc/self/status)")?;
             println!("peak_rss_mib {peak:.1}");
             return Ok(());
         }
@@ -185,7 +191,10 @@ impl BackendJob for BenchJob {
         let machine = format!("{}; fast paths: {}", machine_description(name), fast_paths.describe());
         println!("dmnn bench on {machine}");
         if fast_paths == dmnn_core::FastPaths::NONE {
-            println!("(every backend fast path is off: Burn's own operations throughout; {}=off or a backend without them)", dmnn_core::backend::FAST_PATHS_ENV);
+            println!(
+                "(every backend fast path is off: Burn's own operations throughout; {}=off or a backend without them)",
+                dmnn_core::backend::FAST_PATHS_ENV
+            );
         }
         println!(
             "(Sparse checked equal to Masked within 1e-4 before timing; times are medians of at least {} rounds after warm-up, \
@@ -203,9 +212,11 @@ impl BackendJob for BenchJob {
         if name.starts_with("cpu") {
             let exe = std::env::current_exe().context("locating the dmnn binary")?;
             println!("peak resident memory, each case in a fresh process:");
-            let memory = dmnn_train::bench::measure_peak_memory(&exe, &rows, |case, peak| println!("  {case:<32} {peak:>8.1} MiB"))?;
-            let memory_out =
-                out.with_file_name(format!("{}-memory.csv", out.file_stem().and_then(|s| s.to_str()).unwrap_or("bench")));
+            let memory = dmnn_train::bench::measure_peak_memory(&exe, &rows, |case, peak| {
+                println!("  {case:<32} {peak:>8.1} MiB")
+            })?;
+            let memory_out = out
+                .with_file_name(format!("{}-memory.csv", out.file_stem().and_then(|s| s.to_str()).unwrap_or("bench")));
             dmnn_train::bench::write_memory_csv(&memory_out, &memory, &machine)?;
             println!("wrote {}", memory_out.display());
         }
@@ -217,12 +228,22 @@ impl BackendJob for BenchJob {
 }
 
 fn init_from_torchvision(args: InitArgs) -> Result<()> {
-    let done = dmnn_train::init::init_from_torchvision(&args.weights, &args.model, args.num_classes, args.new_head, &args.out)?;
+    let done = dmnn_train::init::init_from_torchvision(
+        &args.weights,
+        &args.model,
+        args.num_classes,
+        args.new_head,
+        &args.out,
+    )?;
     println!("{}", done.note);
     if let Some((rel, agree)) = done.parity {
         println!("all paths on vs the ResNet on 4 random images: relative logit difference {rel:.4}, same top-1 on {agree}/4");
     }
-    println!("wrote {} (config.json, model.mpk): `dmnn eval --checkpoint {} --data ...`", done.out.display(), done.out.display());
+    println!(
+        "wrote {} (config.json, model.mpk): `dmnn eval --checkpoint {} --data ...`",
+        done.out.display(),
+        done.out.display()
+    );
     Ok(())
 }
 

@@ -7,8 +7,15 @@ use dmnn_train::train::Summary;
 /// The end of `dmnn train`.
 pub fn train_summary(s: &Summary, dir: &std::path::Path) {
     println!();
-    println!("dmnn train finished: {} on the {} backend, {} epochs in {:.0} s", s.model, s.backend, s.epochs, s.wall_seconds);
-    println!("  test accuracy   {:.2} % (top-5 {:.2} %), sparse execution", 100.0 * s.test_accuracy, 100.0 * s.test_top5);
+    println!(
+        "dmnn train finished: {} on the {} backend, {} epochs in {:.0} s",
+        s.model, s.backend, s.epochs, s.wall_seconds
+    );
+    println!(
+        "  test accuracy   {:.2} % (top-5 {:.2} %), sparse execution",
+        100.0 * s.test_accuracy,
+        100.0 * s.test_top5
+    );
     if let Some(r) = s.test_accuracy_recalibrated {
         println!("  after BN recalibration {:.2} %", 100.0 * r);
     }
@@ -16,7 +23,11 @@ pub fn train_summary(s: &Summary, dir: &std::path::Path) {
         "  GMACs per image {:.5} ± {:.5} of {:.5} with every path on (MACs ratio {:.3})",
         s.gmacs_mean, s.gmacs_std, s.gmacs_full, s.macs_ratio_mean
     );
-    println!("  params          {:.3} M (+{:.3} M auxiliary heads, training only)", s.params as f64 / 1e6, s.params_aux as f64 / 1e6);
+    println!(
+        "  params          {:.3} M (+{:.3} M auxiliary heads, training only)",
+        s.params as f64 / 1e6,
+        s.params_aux as f64 / 1e6
+    );
     if !s.skipped_images.is_empty() {
         println!("  skipped {} unreadable image(s), listed in summary.json", s.skipped_images.len());
     }
@@ -41,7 +52,10 @@ pub fn eval_json(r: &EvalReport) {
 /// `dmnn eval`: the paper's table row, and the per-block open rates.
 pub fn eval_table(r: &EvalReport, mode: &str, recalibrate_batches: usize) {
     let s = &r.summary;
-    println!("{} on {} ({} images, {mode} execution; GMACs = multiply-accumulates, the paper's FLOPs)", r.model, r.data, s.samples);
+    println!(
+        "{} on {} ({} images, {mode} execution; GMACs = multiply-accumulates, the paper's FLOPs)",
+        r.model, r.data, s.samples
+    );
     println!("| model | top-1 err % | top-5 err % | params (M) | GMACs |");
     println!("|---|---|---|---|---|");
     let row = |name: String, e: &dmnn_train::metrics::EvalSummary| {
