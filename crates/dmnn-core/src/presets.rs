@@ -63,8 +63,11 @@ fn small(name: &str) -> DmnnConfig {
         .with_image_size(28)
 }
 
+/// How a preset is built from its name.
+type Build = fn(&str) -> DmnnConfig;
+
 /// Every preset: its name and how it is built from the name (the one list of presets).
-const TABLE: [(&str, fn(&str) -> DmnnConfig); 11] = [
+const TABLE: [(&str, Build); 11] = [
     ("resnet18", |n| imagenet(n, BlockKind::Basic, &RESNET18_BLOCKS)),
     ("resnet34", |n| imagenet(n, BlockKind::Basic, &RESNET50_BLOCKS)),
     ("resnet50", |n| imagenet(n, BlockKind::Bottleneck, &RESNET50_BLOCKS)),

@@ -233,7 +233,7 @@ fn every_parameter_gets_a_gradient_through_the_gates() {
         let grads = objective(&model, x, y, noise, 1.0).backward();
         let mut probe = GradientProbe::<AD> { grads: &grads, path: vec![], missing: vec![], seen: 0 };
         model.visit(&mut probe);
-        assert_eq!(probe.seen > 0, true);
+        assert!(probe.seen > 0);
         assert!(probe.missing.is_empty(), "{prev}: parameters without gradient: {:?}", probe.missing);
     }
 }

@@ -203,6 +203,8 @@ pub struct BlockController<B: Backend> {
 
 /// The recurrent cell the controllers of a network share ([`PrevState::Gru`] or
 /// [`PrevState::Lstm`]).
+// a module enum: always one of the two, held once per network
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum RecurrentCell<B: Backend> {
     /// A GRU cell.

@@ -9,7 +9,7 @@
 //! - [`eval`], [`init`]: evaluation of a run, starting weights.
 //! - [`run`]: the run directory, its recorder, log and renderers.
 //! - [`data`]: datasets and the reproducible loader.
-//! - [`bench`]: the benchmark.
+//! - [`bench`](mod@bench): the benchmark.
 #![warn(missing_docs)]
 
 pub mod bench;

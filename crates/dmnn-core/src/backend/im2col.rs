@@ -18,7 +18,7 @@ use rayon::prelude::*;
 
 use crate::layers::conv_out_size;
 
-/// Most output positions of a convolution run by [`conv2d_im2col`]: up to dmnn50's 28 px stage
+/// Most output positions of a convolution run as one im2col matrix product: up to dmnn50's 28 px stage
 /// (784); at 56 px (3136) Flex's tiles already fill the cores.
 pub const IM2COL_MAX_POSITIONS: usize = 1024;
 

@@ -138,6 +138,8 @@ pub struct BottleneckPath<B: Backend> {
 
 /// One path of a multi-path block. Field names follow torchvision's blocks (`conv1`, `bn1`, ...):
 /// a block with one path is exactly torchvision's block without its shortcut.
+// a module enum: every path of a network is of the same kind
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Path<B: Backend> {
     /// Two 3x3 convolutions.

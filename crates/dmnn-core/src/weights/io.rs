@@ -116,8 +116,7 @@ pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, 
         }
     } else if is_zip || is_pickle {
         let mut store = PytorchStore::from_file(path).map_indices_contiguous(false);
-        let snaps =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.get_all_snapshots().map(|m| m.clone())));
+        let snaps = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| store.get_all_snapshots().cloned()));
         match snaps {
             Ok(Ok(m)) => m,
             Ok(Err(e)) => return Err(not_ckpt(e.to_string())),

@@ -156,6 +156,12 @@ fn time<F: FnMut()>(warmup: usize, reps: usize, mut f: F) -> (f64, f64) {
     median_min(times)
 }
 
+/// One timed forward pass of a round: the static network, or the gated one in a mode.
+enum Case<B: Backend> {
+    Full,
+    Gated(ExecutionMode, Vec<Tensor<B, 2>>),
+}
+
 fn random_gates<B: Backend>(
     model: &Dmnn<B>,
     batch: usize,
@@ -209,7 +215,7 @@ pub fn run_bench<B: AutodiffBackend>(
                 let sparse =
                     model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates));
                 let diff = (masked.logits - sparse.logits).abs().max().into_scalar().to_f64();
-                if !(diff <= 1e-4) {
+                if diff.is_nan() || diff > 1e-4 {
                     return Err(TrainError::Other(format!(
                         "{name} batch {batch} rate {rate}: sparse and masked logits differ by {diff} (> 1e-4)"
                     )));
@@ -219,7 +225,7 @@ pub fn run_bench<B: AutodiffBackend>(
             // machine drifts (other tenants, frequency, the allocator); a sparse run is compared
             // with the full run just before it, and the efficiency uses the median of those
             // paired ratios.
-            let mut cases: Vec<(f64, &str, Option<Vec<Tensor<B::InnerBackend, 2>>>, f64)> = Vec::new();
+            let mut cases: Vec<Case<B::InnerBackend>> = Vec::new();
             let mut macs_ratios = Vec::new();
             for &rate in &config.rates {
                 let gates = random_gates(&model, batch, rate, config.seed, device);
@@ -227,20 +233,18 @@ pub fn run_bench<B: AutodiffBackend>(
                     .forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(gates.clone()));
                 let macs_ratio = probe.macs_ratio().mean().into_scalar().to_f64();
                 macs_ratios.push(macs_ratio);
-                cases.push((rate, "full", None, 1.0));
-                cases.push((rate, "sparse", Some(gates.clone()), macs_ratio));
-                cases.push((rate, "masked", Some(gates), macs_ratio));
+                cases.push(Case::Full);
+                cases.push(Case::Gated(ExecutionMode::Sparse, gates.clone()));
+                cases.push(Case::Gated(ExecutionMode::Masked, gates));
             }
-            let run = |case: &(f64, &str, Option<Vec<Tensor<B::InnerBackend, 2>>>, f64)| {
+            let run = |case: &Case<B::InnerBackend>| {
                 let start = Instant::now();
-                let out =
-                    match (&case.2, case.1) {
-                        (None, _) => static_model.forward(x.clone()),
-                        (Some(g), "masked") => model
-                            .forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked).with_gates(g.clone())),
-                        (Some(g), _) => model
-                            .forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Sparse).with_gates(g.clone())),
-                    };
+                let out = match case {
+                    Case::Full => static_model.forward(x.clone()),
+                    Case::Gated(mode, g) => {
+                        model.forward_with(x.clone(), ForwardOptions::mode(*mode).with_gates(g.clone()))
+                    }
+                };
                 let _ = out.logits.into_data();
                 sync(device);
                 start.elapsed().as_secs_f64() * 1e3

@@ -71,11 +71,11 @@ pub fn migrate_record(value: &mut rmpv::Value) -> bool {
     let mut changed = false;
     match value {
         rmpv::Value::Map(entries) => {
-            if let Some(paths) = entries.iter_mut().find(|(k, _)| k.as_str() == Some("paths")).map(|(_, v)| v) {
-                if let rmpv::Value::Array(paths) = paths {
-                    for path in paths.iter_mut() {
-                        changed |= migrate_path(path);
-                    }
+            if let Some(rmpv::Value::Array(paths)) =
+                entries.iter_mut().find(|(k, _)| k.as_str() == Some("paths")).map(|(_, v)| v)
+            {
+                for path in paths.iter_mut() {
+                    changed |= migrate_path(path);
                 }
             }
             changed |= migrate_recurrent(entries);

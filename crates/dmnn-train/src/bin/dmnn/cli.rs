@@ -1,5 +1,5 @@
 //! The `dmnn` command line: argument groups, each applied to a [`TrainConfig`] by its own
-//! `apply`, and the settings derived from the others computed in one place ([`derive`]).
+//! `apply`, and the settings derived from the others computed in one place ([`derive()`]).
 
 use std::path::PathBuf;
 
