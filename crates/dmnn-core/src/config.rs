@@ -202,12 +202,6 @@ impl DmnnConfig {
         blocks
     }
 
-    /// The gated blocks as the controllers see them (auxiliary heads on the last block of each
-    /// stage).
-    pub fn gated_block_specs(&self) -> Vec<GatedBlockSpec> {
-        Self::specs_of(&self.blocks())
-    }
-
     /// The controllers' view of a list of blocks from [`DmnnConfig::blocks`].
     pub(crate) fn specs_of(blocks: &[(usize, MultiPathBlockConfig)]) -> Vec<GatedBlockSpec> {
         blocks

@@ -355,11 +355,6 @@ impl<B: Backend> Controller<B> {
     pub fn aux_param_count(&self) -> usize {
         self.blocks.iter().filter_map(|b| b.aux_head.as_ref()).map(param_count).sum()
     }
-
-    /// Parameters used at inference: everything but the auxiliary heads.
-    pub fn inference_param_count(&self) -> usize {
-        param_count(self) - self.aux_param_count()
-    }
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use burn::module::{AutodiffModule, Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::GradientsParams;
 use burn::prelude::ToElement;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -294,9 +294,4 @@ impl<B: Backend> InferenceStep for DmnnClassifier<B> {
     }
 }
 
-impl<B: AutodiffBackend> DmnnClassifier<B> {
-    /// The inference network.
-    pub fn inference_model(&self) -> Dmnn<B::InnerBackend> {
-        self.model.valid()
-    }
-}
+impl<B: AutodiffBackend> DmnnClassifier<B> {}

@@ -226,17 +226,6 @@ impl ImageFolder {
     pub fn classes(&self) -> &[String] {
         &self.classes
     }
-
-    /// The files and their labels.
-    pub fn entries(&self) -> &[(PathBuf, u32)] {
-        &self.entries
-    }
-
-    /// Keeps only the first `n` samples.
-    pub fn truncate(mut self, n: usize) -> Self {
-        self.entries.truncate(n);
-        self
-    }
 }
 
 fn is_label_file(path: &Path) -> bool {

@@ -97,14 +97,6 @@ impl InMemoryImages {
         self
     }
 
-    /// Keeps only the first `n` samples (quick runs and tests).
-    pub fn truncate(mut self, n: usize) -> Self {
-        let n = n.min(self.labels.len());
-        self.labels.truncate(n);
-        self.pixels.truncate(n * self.shape.iter().product::<usize>());
-        self
-    }
-
     /// The label of every sample.
     pub fn labels(&self) -> &[u16] {
         &self.labels

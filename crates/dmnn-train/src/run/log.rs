@@ -58,11 +58,6 @@ impl RunLog {
         Ok(Self { file: Arc::new(Mutex::new(Some(file))), quiet })
     }
 
-    /// A log that only prints.
-    pub fn stderr() -> Self {
-        Self { file: Arc::new(Mutex::new(None)), quiet: false }
-    }
-
     /// Writes one line.
     pub fn line(&self, text: &str) {
         if !self.quiet {

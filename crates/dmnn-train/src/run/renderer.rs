@@ -40,11 +40,6 @@ impl EpochTable {
         table.inner.lock().unwrap().csv = Some(csv);
         table
     }
-
-    /// Rows written so far (one per epoch).
-    pub fn rows(&self) -> Vec<BTreeMap<String, f64>> {
-        self.inner.lock().unwrap().rows.clone()
-    }
 }
 
 impl MetricLogger for EpochTable {
