@@ -4,8 +4,6 @@
 use dmnn_gate::GateError;
 use thiserror::Error;
 
-pub use crate::presets::UnknownModel;
-
 /// A configuration that cannot be used; every message names the offending values.
 #[derive(Debug, Clone, PartialEq, Error)]
 pub enum ConfigError {
@@ -95,4 +93,14 @@ pub enum ConfigError {
     /// A gate setting out of its domain.
     #[error(transparent)]
     Gate(#[from] GateError),
+}
+
+/// A requested model name that is not a preset.
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
+#[error("unknown model '{name}'; known models: {}", known.join(", "))]
+pub struct UnknownModel {
+    /// The name asked for.
+    pub name: String,
+    /// The preset names.
+    pub known: Vec<&'static str>,
 }

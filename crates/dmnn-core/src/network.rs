@@ -12,7 +12,7 @@ use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
-use dmnn_gate::{global_avg_pool, Controller, ControllerState};
+use dmnn_gate::{global_avg_pool, param_count, Controller, ControllerState};
 
 use crate::backend::{FastPaths, Kernels};
 use crate::block::MultiPathBlock;
@@ -104,7 +104,7 @@ impl<B: Backend> Dmnn<B> {
 
     /// Parameters of the backbone (without controllers), counted on the module.
     pub fn backbone_param_count(&self) -> usize {
-        crate::param_count(self) - self.controller.as_ref().map_or(0, crate::param_count)
+        param_count(self) - self.controller.as_ref().map_or(0, param_count)
     }
 
     /// The stem: convolution, batch norm, ReLU, and max pool for the ImageNet stem.

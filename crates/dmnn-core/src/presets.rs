@@ -14,10 +14,10 @@
 //! The small presets are sized for training on a 2-core CPU in minutes (Fashion-MNIST).
 
 use dmnn_gate::ControllerConfig;
-use thiserror::Error;
 
 use crate::block::BlockKind;
 use crate::config::{DmnnConfig, StemKind};
+use crate::error::UnknownModel;
 
 /// Blocks per stage of ResNet-18.
 pub const RESNET18_BLOCKS: [usize; 4] = [2, 2, 2, 2];
@@ -33,16 +33,6 @@ pub const SMALL_BLOCKS: [usize; 3] = [2, 2, 2];
 pub const SMALL_WIDTHS: [usize; 3] = [16, 32, 64];
 /// Width factor of `resnet_small_thin`: MACs scale with its square (0.84² ≈ 0.7).
 pub const SMALL_THIN_FACTOR: f64 = 0.84;
-
-/// A requested model name that is not a preset.
-#[derive(Debug, Clone, Error, PartialEq, Eq)]
-#[error("unknown model '{name}'; known models: {}", known.join(", "))]
-pub struct UnknownModel {
-    /// The name asked for.
-    pub name: String,
-    /// The preset names.
-    pub known: Vec<&'static str>,
-}
 
 fn imagenet(name: &str, block: BlockKind, depths: &[usize]) -> DmnnConfig {
     DmnnConfig::new(name.to_string(), 1000, block, depths.to_vec(), RESNET_WIDTHS.to_vec())
