@@ -43,7 +43,7 @@ mod output;
 pub mod presets;
 pub mod weights;
 
-pub use backend::{FastPath, FastPaths, Kernels};
+pub use backend::{AutodiffKernels, FastPath, FastPaths, Kernels};
 pub use block::*;
 pub use config::*;
 pub use cost::*;

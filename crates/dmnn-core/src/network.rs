@@ -118,8 +118,7 @@ impl<B: Backend> Dmnn<B> {
     }
 
     fn forward_stem_with(&self, input: Tensor<B, 4>, k: &Kernels<B>) -> Tensor<B, 4> {
-        // Burn's convolution at every batch size: the one-image im2col was measured on the paths
-        let x = relu(k.norm(&self.bn1, self.conv1.forward(input)));
+        let x = relu(k.norm(&self.bn1, k.stem_conv(&self.conv1, input)));
         match &self.maxpool {
             Some(pool) => k.max_pool(pool, x),
             None => x,
@@ -172,7 +171,7 @@ impl<B: Backend> Dmnn<B> {
             }
         }
         let fast_paths = options.fast_paths.unwrap_or_else(|| FastPaths::probe::<B>(&device));
-        let kernels = Kernels::new(&device, batch_size, fast_paths);
+        let kernels = Kernels::new(&device, batch_size, fast_paths).with_autodiff_kernels(options.autodiff_kernels);
         let cost = self.cost([height, width]);
         let mut fixed_gates = options.gates.map(Vec::into_iter);
         let mut noise = options.noise.map(Vec::into_iter);

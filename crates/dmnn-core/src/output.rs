@@ -1,11 +1,11 @@
 //! What a forward pass is asked ([`ForwardOptions`]) and what it returns ([`DmnnOutput`]).
 
-use burn::tensor::backend::Backend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use burn::tensor::Tensor;
 use dmnn_gate::GateOptions;
 use serde::{Deserialize, Serialize};
 
-use crate::backend::FastPaths;
+use crate::backend::{AutodiffKernels, FastPaths};
 use crate::cost::CostReport;
 use crate::error::ConfigError;
 
@@ -75,11 +75,20 @@ pub struct ForwardOptions<B: Backend> {
     pub gate: GateOptions,
     /// Backend fast paths to use instead of what [`FastPaths::probe`] finds.
     pub fast_paths: Option<FastPaths>,
+    /// The backend's training operations ([`ForwardOptions::with_autodiff_kernels`]).
+    pub autodiff_kernels: Option<AutodiffKernels<B>>,
 }
 
 impl<B: Backend> Default for ForwardOptions<B> {
     fn default() -> Self {
-        Self { mode: ExecutionMode::Auto, gates: None, noise: None, gate: GateOptions::default(), fast_paths: None }
+        Self {
+            mode: ExecutionMode::Auto,
+            gates: None,
+            noise: None,
+            gate: GateOptions::default(),
+            fast_paths: None,
+            autodiff_kernels: None,
+        }
     }
 }
 
@@ -121,6 +130,16 @@ impl<B: Backend> ForwardOptions<B> {
     /// [`FastPaths::NONE`] for Burn's own operations everywhere).
     pub fn with_fast_paths(mut self, fast_paths: FastPaths) -> Self {
         self.fast_paths = Some(fast_paths);
+        self
+    }
+}
+
+impl<B: AutodiffBackend> ForwardOptions<B> {
+    /// Lets the training fast paths of the backend seam run ([`AutodiffKernels`]: the
+    /// convolutions' backward as matrix products, batch norms on the host) where the probe says
+    /// they apply. The training step of dmnn-train sets it; a training loop of your own can too.
+    pub fn with_autodiff_kernels(mut self) -> Self {
+        self.autodiff_kernels = AutodiffKernels::of();
         self
     }
 }

@@ -56,6 +56,194 @@ pub(crate) fn im2col_fits<B: Backend>(conv: &Conv2d<B>, input_dims: [usize; 4]) 
     batch_size == 1 && conv.kernel_size != [1, 1] && conv.groups == 1 && out_height * out_width <= IM2COL_MAX_POSITIONS
 }
 
+/// The geometry of a 2-D convolution with symmetric padding and no groups.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct ConvGeometry {
+    /// Images.
+    pub batch: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Input `[height, width]`.
+    pub input: [usize; 2],
+    /// Kernel `[height, width]`.
+    pub kernel: [usize; 2],
+    /// Stride `[height, width]`.
+    pub stride: [usize; 2],
+    /// Padding `[height, width]`, on both sides.
+    pub padding: [usize; 2],
+    /// Dilation `[height, width]`.
+    pub dilation: [usize; 2],
+    /// Output `[height, width]`.
+    pub output: [usize; 2],
+}
+
+impl ConvGeometry {
+    /// The geometry of `conv` on an input of `input_dims`, if its padding is symmetric and it
+    /// has no groups.
+    pub fn of<B: Backend>(conv: &Conv2d<B>, input_dims: [usize; 4]) -> Option<Self> {
+        let [batch, channels, height, width] = input_dims;
+        let padding = symmetric_padding(&conv.padding)?;
+        (conv.groups == 1).then(|| Self {
+            batch,
+            channels,
+            input: [height, width],
+            kernel: conv.kernel_size,
+            stride: conv.stride,
+            padding,
+            dilation: conv.dilation,
+            output: output_size(conv, [height, width], padding),
+        })
+    }
+
+    /// Rows of an image's im2col matrix: `channels · kernel_h · kernel_w`.
+    pub fn rows(&self) -> usize {
+        self.channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// Columns of an image's im2col matrix: the output positions.
+    pub fn positions(&self) -> usize {
+        self.output[0] * self.output[1]
+    }
+
+    /// Whether the convolution is the identity on positions (1x1, stride 1, no padding): the
+    /// input is its own im2col matrix.
+    pub fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && self.padding == [0, 0]
+    }
+
+    /// For kernel offset `k` along `axis`: the input offset `k·d − p` and the output positions
+    /// whose input `o·s + k·d − p` lies inside the image.
+    fn valid(&self, axis: usize, k: usize) -> (isize, std::ops::Range<usize>) {
+        let (stride, size, out) = (self.stride[axis], self.input[axis], self.output[axis]);
+        let offset = (k * self.dilation[axis]) as isize - self.padding[axis] as isize;
+        let first = if offset >= 0 { 0 } else { (-offset) as usize };
+        let first = first.div_ceil(stride);
+        let last = (size as isize - 1 - offset).div_euclid(stride as isize); // may be negative
+        let end = ((last + 1).max(0) as usize).min(out);
+        (offset, first.min(end)..end)
+    }
+
+    /// The image, channel and kernel offsets of im2col row `row` of a batch.
+    fn row(&self, row: usize) -> (usize, usize, usize, usize) {
+        let [kernel_h, kernel_w] = self.kernel;
+        let per_image = self.rows();
+        let (b, r) = (row / per_image, row % per_image);
+        (b, r / (kernel_h * kernel_w), r / kernel_w % kernel_h, r % kernel_w)
+    }
+}
+
+/// `out_row[ow] = line[ow · stride + offset]` for the output columns `ows` (a plain copy at stride 1).
+#[inline]
+fn copy_row(out_row: &mut [f32], line: &[f32], ows: std::ops::Range<usize>, stride: usize, offset: isize) {
+    if ows.is_empty() {
+        return;
+    }
+    let first = (ows.start * stride) as isize + offset;
+    if stride == 1 {
+        let first = first as usize;
+        out_row[ows.clone()].copy_from_slice(&line[first..first + ows.len()]);
+    } else {
+        let src = line[first as usize..].iter().step_by(stride);
+        for (o, &v) in out_row[ows].iter_mut().zip(src) {
+            *o = v;
+        }
+    }
+}
+
+/// `line[ow · stride + offset] += src_row[ow]` for the output columns `ows`, the adjoint of
+/// [`copy_row`].
+#[inline]
+fn add_row(line: &mut [f32], src_row: &[f32], ows: std::ops::Range<usize>, stride: usize, offset: isize) {
+    if ows.is_empty() {
+        return;
+    }
+    let first = ((ows.start * stride) as isize + offset) as usize;
+    if stride == 1 {
+        for (d, &v) in line[first..first + ows.len()].iter_mut().zip(&src_row[ows]) {
+            *d += v;
+        }
+    } else {
+        for (d, &v) in line[first..].iter_mut().step_by(stride).zip(&src_row[ows]) {
+            *d += v;
+        }
+    }
+}
+
+/// The im2col matrix of a whole batch with the batch folded into the columns,
+/// `[channels · kernel_h · kernel_w, batch · out_h · out_w]` (column `b · positions + p` is
+/// position `p` of image `b`), from its NCHW values `src`; rows filled in parallel. One matrix
+/// product then convolves the whole batch.
+pub(crate) fn im2col_batched(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [height, width] = g.input;
+    let out_w = g.output[1];
+    let positions = g.positions();
+    let row_len = g.batch * positions;
+    let mut columns = vec![0f32; g.rows() * row_len];
+    let rows_per_task = (ELEMENTS_PER_TASK / row_len.max(1)).max(1);
+    columns.par_chunks_mut(row_len).enumerate().with_min_len(rows_per_task).for_each(|(row, dst)| {
+        let (_, c, kh, kw) = g.row(row);
+        let (offset_h, ohs) = g.valid(0, kh);
+        let (offset_w, ows) = g.valid(1, kw);
+        for b in 0..g.batch {
+            let plane = &src[(b * g.channels + c) * height * width..(b * g.channels + c + 1) * height * width];
+            let image = &mut dst[b * positions..(b + 1) * positions];
+            for oh in ohs.clone() {
+                let ih = (oh * g.stride[0]) as isize + offset_h;
+                let line = &plane[ih as usize * width..(ih as usize + 1) * width];
+                copy_row(&mut image[oh * out_w..(oh + 1) * out_w], line, ows.clone(), g.stride[1], offset_w);
+            }
+        }
+    });
+    columns
+}
+
+/// The adjoint of [`im2col_batched`]: sums every entry of a `[rows, batch · positions]` matrix
+/// back onto the input position it was taken from, giving `[batch, channels, height, width]`;
+/// planes filled in parallel.
+pub(crate) fn col2im_batched(columns: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [height, width] = g.input;
+    let out_w = g.output[1];
+    let [kernel_h, kernel_w] = g.kernel;
+    let positions = g.positions();
+    let row_len = g.batch * positions;
+    let plane_size = height * width;
+    let mut out = vec![0f32; g.batch * g.channels * plane_size];
+    let planes_per_task = (ELEMENTS_PER_TASK / (plane_size * kernel_h * kernel_w).max(1)).max(1);
+    out.par_chunks_mut(plane_size).enumerate().with_min_len(planes_per_task).for_each(|(plane_index, plane)| {
+        let (b, c) = (plane_index / g.channels, plane_index % g.channels);
+        for kh in 0..kernel_h {
+            let (offset_h, ohs) = g.valid(0, kh);
+            for kw in 0..kernel_w {
+                let (offset_w, ows) = g.valid(1, kw);
+                let row = (c * kernel_h + kh) * kernel_w + kw;
+                let src = &columns[row * row_len + b * positions..row * row_len + (b + 1) * positions];
+                for oh in ohs.clone() {
+                    let ih = ((oh * g.stride[0]) as isize + offset_h) as usize;
+                    let line = &mut plane[ih * width..(ih + 1) * width];
+                    add_row(line, &src[oh * out_w..(oh + 1) * out_w], ows.clone(), g.stride[1], offset_w);
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `[batch, channels, positions]` from `[channels, batch · positions]` (or back, with the first two
+/// sizes swapped): the layout change between a batch-folded matrix product and NCHW; rows in
+/// parallel.
+pub(crate) fn swap_batch_and_channels(src: &[f32], outer: usize, inner: usize, positions: usize) -> Vec<f32> {
+    // src is [outer, inner, positions]; the result is [inner, outer, positions]
+    let mut out = vec![0f32; outer * inner * positions];
+    let rows_per_task = (ELEMENTS_PER_TASK / (outer * positions).max(1)).max(1);
+    out.par_chunks_mut(outer * positions).enumerate().with_min_len(rows_per_task).for_each(|(i, dst)| {
+        for o in 0..outer {
+            let from = (o * inner + i) * positions;
+            dst[o * positions..(o + 1) * positions].copy_from_slice(&src[from..from + positions]);
+        }
+    });
+    out
+}
+
 /// `conv.forward(input)` for one image as one matrix product: the host builds the im2col matrix
 /// `[channels_in · kernel_h · kernel_w, out_h · out_w]` from the NCHW input (zeros for padding),
 /// and the weight matrix `[channels_out, channels_in · kernel_h · kernel_w]` multiplies it.
@@ -68,53 +256,25 @@ pub(crate) fn im2col_fits<B: Backend>(conv: &Conv2d<B>, input_dims: [usize; 4]) 
 /// If the input is not one image, the convolution has groups or asymmetric or "same" padding
 /// (see [`im2col_fits`]), or the input's channels do not match the weight.
 pub(crate) fn conv2d_im2col<B: Backend>(conv: &Conv2d<B>, input: Tensor<B, 4>) -> Tensor<B, 4> {
-    let [batch_size, channels_in, height, width] = input.dims();
     let weight = conv.weight.val();
-    let [channels_out, weight_channels, kernel_h, kernel_w] = weight.dims();
-    let padding = symmetric_padding(&conv.padding);
+    let [channels_out, weight_channels, ..] = weight.dims();
+    let geometry = ConvGeometry::of(conv, input.dims());
     assert!(
-        batch_size == 1 && conv.groups == 1 && padding.is_some() && weight_channels == channels_in,
+        input.dims()[0] == 1 && geometry.is_some() && weight_channels == input.dims()[1],
         "conv2d_im2col takes one image, no groups and symmetric padding: input {:?}, weight {:?}, groups {}, padding {:?}",
         input.dims(),
         weight.dims(),
         conv.groups,
         conv.padding
     );
-    let [pad_h, pad_w] = padding.expect("checked above");
-    let [out_h, out_w] = output_size(conv, [height, width], [pad_h, pad_w]);
-    let ([stride_h, stride_w], [dilation_h, dilation_w]) = (conv.stride, conv.dilation);
-    let (positions, rows) = (out_h * out_w, channels_in * kernel_h * kernel_w);
+    let g = geometry.expect("checked above");
+    let [out_h, out_w] = g.output;
     let device = input.device();
     let data = input.into_data().convert::<f32>();
-    let src = data.as_slice::<f32>().expect("f32 data after convert");
-
-    // the input columns of output columns `ow` in range, for kernel column `kw`: `iw = ow·s + kw·d − p`
-    let valid = |k: usize, dilation: usize, stride: usize, pad: usize, size: usize, out: usize| {
-        let offset = (k * dilation) as isize - pad as isize;
-        let first = if offset >= 0 { 0 } else { (-offset) as usize };
-        let first = first.div_ceil(stride);
-        let last = (size as isize - 1 - offset).div_euclid(stride as isize); // may be negative
-        let end = ((last + 1).max(0) as usize).min(out);
-        (offset, first.min(end)..end)
-    };
-    let mut columns = vec![0f32; rows * positions];
-    let rows_per_task = (ELEMENTS_PER_TASK / positions).max(1);
-    columns.par_chunks_mut(positions).enumerate().with_min_len(rows_per_task).for_each(|(row, dst)| {
-        let (c, kh, kw) = (row / (kernel_h * kernel_w), row / kernel_w % kernel_h, row % kernel_w);
-        let plane = &src[c * height * width..(c + 1) * height * width];
-        let (offset_h, ohs) = valid(kh, dilation_h, stride_h, pad_h, height, out_h);
-        let (offset_w, ows) = valid(kw, dilation_w, stride_w, pad_w, width, out_w);
-        for oh in ohs {
-            let ih = (oh * stride_h) as isize + offset_h;
-            let line = &plane[ih as usize * width..(ih as usize + 1) * width];
-            let out_row = &mut dst[oh * out_w..(oh + 1) * out_w];
-            for ow in ows.clone() {
-                out_row[ow] = line[((ow * stride_w) as isize + offset_w) as usize];
-            }
-        }
-    });
-    let columns = Tensor::<B, 2>::from_data(TensorData::new(columns, [rows, positions]), &device);
-    let out = weight.reshape([channels_out, rows]).matmul(columns).reshape([1, channels_out, out_h, out_w]);
+    // one image: the batch-folded matrix is the image's own
+    let columns = im2col_batched(data.as_slice::<f32>().expect("f32 data after convert"), &g);
+    let columns = Tensor::<B, 2>::from_data(TensorData::new(columns, [g.rows(), g.positions()]), &device);
+    let out = weight.reshape([channels_out, g.rows()]).matmul(columns).reshape([1, channels_out, out_h, out_w]);
     match &conv.bias {
         Some(bias) => out + bias.val().reshape([1, channels_out, 1, 1]),
         None => out,

@@ -12,9 +12,11 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Slice, Tensor};
 
+use super::im2col::ConvGeometry;
 use super::im2col::{conv2d_im2col, im2col_fits};
 use super::pool::max_pool2d_host;
-use super::{FastPath, FastPaths, MAX_CONCURRENT_ELEMENTS, MIN_CONCURRENT_ELEMENTS};
+use super::train_conv::train_conv_geometry;
+use super::{AutodiffKernels, FastPath, FastPaths, MAX_CONCURRENT_ELEMENTS, MIN_CONCURRENT_ELEMENTS};
 use crate::layers::BatchNorm2d;
 
 /// A batch norm's inference `(scale, shift)`, each `[channels]`.
@@ -26,13 +28,15 @@ type Affine<B> = (Tensor<B, 1>, Tensor<B, 1>);
 ///
 /// In inference every batch norm's affine is computed once per pass and reused by every sample
 /// group it serves (on every backend; it is not a fast path, just not computing the same thing
-/// twice). Fast paths apply in inference only: under autodiff every layer is Burn's, so its
-/// backward pass is too.
+/// twice). Inference fast paths apply without autodiff, training fast paths with it; these also
+/// need the backend's [`AutodiffKernels`], which only a caller that knows the backend to be an
+/// autodiff backend can give ([`Kernels::with_autodiff_kernels`]).
 #[derive(Debug)]
 pub struct Kernels<B: Backend> {
     fast: FastPaths,
     one_image: bool,
     inference: bool,
+    autodiff: Option<AutodiffKernels<B>>,
     affines: Mutex<HashMap<ParamId, Affine<B>>>,
 }
 
@@ -43,16 +47,24 @@ impl<B: Backend> Kernels<B> {
         Self::new(device, batch_size, FastPaths::probe::<B>(device))
     }
 
-    /// The kernels of a pass over `batch_size` images on `device` with the given fast paths
-    /// (none under autodiff, whatever is given).
+    /// The kernels of a pass over `batch_size` images on `device` with the given fast paths (the
+    /// inference ones without autodiff, the training ones with it, whatever is given).
     pub fn new(device: &B::Device, batch_size: usize, fast: FastPaths) -> Self {
         let inference = !B::ad_enabled(device);
         Self {
-            fast: if inference { fast } else { FastPaths::NONE },
+            fast: fast.for_training(!inference),
             one_image: batch_size == 1,
             inference,
+            autodiff: None,
             affines: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The kernels with the backend's training operations (the training fast paths apply only
+    /// with them).
+    pub fn with_autodiff_kernels(mut self, kernels: Option<AutodiffKernels<B>>) -> Self {
+        self.autodiff = kernels;
+        self
     }
 
     /// The fast paths in use.
@@ -67,10 +79,33 @@ impl<B: Backend> Kernels<B> {
     /// - `x`: `[batch_size, channels_in, height, width]`
     /// - output: `[batch_size, channels_out, height', width']`, as `conv.forward`
     pub fn conv(&self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
-        if self.im2col_applies(conv, x.dims()) {
+        if let Some((kernels, geometry)) = self.train_conv_applies(conv, x.dims()) {
+            kernels.conv(conv, x, geometry)
+        } else if self.im2col_applies(conv, x.dims()) {
             conv2d_im2col(conv, x)
         } else {
             conv.forward(x)
+        }
+    }
+
+    /// The training convolution and its geometry, when [`FastPath::MatmulConv`] runs `conv` on an
+    /// input of shape `input_dims`.
+    pub(crate) fn train_conv_applies(
+        &self,
+        conv: &Conv2d<B>,
+        input_dims: [usize; 4],
+    ) -> Option<(AutodiffKernels<B>, ConvGeometry)> {
+        let kernels = self.autodiff.filter(|_| self.fast.contains(FastPath::MatmulConv))?;
+        train_conv_geometry(conv, input_dims).map(|g| (kernels, g))
+    }
+
+    /// The stem convolution: [`Kernels::conv`] in training, Burn's convolution in inference at
+    /// every batch size (the one-image im2col was measured on the paths only, and would change
+    /// the numbers of a batch-1 pass).
+    pub fn stem_conv(&self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        match self.train_conv_applies(conv, x.dims()) {
+            Some((kernels, geometry)) => kernels.conv(conv, x, geometry),
+            None => conv.forward(x),
         }
     }
 
@@ -90,7 +125,9 @@ impl<B: Backend> Kernels<B> {
         let [sh, sw] = conv.stride;
         let strided_pointwise =
             conv.kernel_size == [1, 1] && conv.groups == 1 && conv.bias.is_none() && [sh, sw] != [1, 1];
-        if strided_pointwise && self.fast.contains(FastPath::SubsampledProjection) {
+        if self.train_conv_applies(conv, x.dims()).is_some() {
+            self.conv(conv, x)
+        } else if strided_pointwise && self.fast.contains(FastPath::SubsampledProjection) {
             let every = |s: usize| Slice::new(0, None, s as isize);
             let x = x.slice([Slice::full(), Slice::full(), every(sh), every(sw)]);
             conv2d(x, conv.weight.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
@@ -106,7 +143,16 @@ impl<B: Backend> Kernels<B> {
     /// - output: same as `x`
     pub fn norm(&self, bn: &BatchNorm2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         if !self.inference {
-            return bn.forward(x);
+            let host = self.autodiff.filter(|_| self.fast.contains(FastPath::HostBatchNorm));
+            return match host {
+                Some(kernels) if bn.gamma.val().dtype() == burn::tensor::DType::F32 => {
+                    let [batch, _, height, width] = x.dims();
+                    let (y, mean, var) = kernels.norm(bn, x);
+                    bn.update_running(mean, var, batch * height * width);
+                    y
+                }
+                _ => bn.forward(x),
+            };
         }
         let key = bn.gamma.id;
         let cached = self.affines.lock().expect("affine cache").get(&key).cloned();
@@ -173,10 +219,14 @@ mod tests {
     }
 
     #[test]
-    fn autodiff_gets_no_fast_path_even_when_asked() {
+    fn autodiff_gets_only_training_fast_paths_even_when_asked() {
         let device = Default::default();
-        let all = FastPaths::for_backend("flex", false);
-        assert_eq!(Kernels::<Autodiff<Flex>>::new(&device, 1, all).fast_paths(), FastPaths::NONE);
-        assert_eq!(Kernels::<Flex>::new(&device, 1, all).fast_paths(), all);
+        let all = FastPath::ALL.into_iter().fold(FastPaths::NONE, FastPaths::with);
+        assert_eq!(
+            Kernels::<Autodiff<Flex>>::new(&device, 1, all).fast_paths().describe(),
+            "matmul-conv, host-batch-norm"
+        );
+        let inference = all.without(FastPath::MatmulConv).without(FastPath::HostBatchNorm);
+        assert_eq!(Kernels::<Flex>::new(&device, 1, all).fast_paths(), inference);
     }
 }

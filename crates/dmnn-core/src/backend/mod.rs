@@ -13,15 +13,19 @@
 //! with and without them up to floating-point rounding; within a pass every execution mode uses
 //! the same ones, so sparse and masked execution agree to the bit either way.
 
+mod autodiff;
 mod branches;
 mod im2col;
 mod kernels;
 mod pool;
+mod train_conv;
+mod train_norm;
 
 use std::sync::OnceLock;
 
 use burn::tensor::backend::Backend;
 
+pub use autodiff::AutodiffKernels;
 pub use branches::{map_branches, MAX_CONCURRENT_ELEMENTS, MIN_CONCURRENT_ELEMENTS};
 pub(crate) use branches::{sum_branches, Branch};
 pub use im2col::IM2COL_MAX_POSITIONS;
@@ -45,12 +49,29 @@ pub enum FastPath {
     HostMaxPool,
     /// A strided 1x1 projection subsamples its input first and runs a pointwise convolution.
     SubsampledProjection,
+    /// In training, convolutions run as an autodiff operation whose backward is a host im2col,
+    /// two matrix products and a host col2im ([`AutodiffKernels`]).
+    MatmulConv,
+    /// In training, batch norms run as one autodiff operation on the host, forward and backward
+    /// ([`AutodiffKernels`]).
+    HostBatchNorm,
 }
 
 impl FastPath {
     /// Every fast path.
-    pub const ALL: [FastPath; 4] =
-        [Self::ConcurrentBranches, Self::OneImageIm2col, Self::HostMaxPool, Self::SubsampledProjection];
+    pub const ALL: [FastPath; 6] = [
+        Self::ConcurrentBranches,
+        Self::OneImageIm2col,
+        Self::HostMaxPool,
+        Self::SubsampledProjection,
+        Self::MatmulConv,
+        Self::HostBatchNorm,
+    ];
+
+    /// Whether the fast path is for training (autodiff) rather than inference.
+    pub fn is_training(self) -> bool {
+        matches!(self, Self::MatmulConv | Self::HostBatchNorm)
+    }
 
     /// The name used in [`FAST_PATHS_ENV`] and in reports.
     pub fn name(self) -> &'static str {
@@ -59,6 +80,8 @@ impl FastPath {
             Self::OneImageIm2col => "one-image-im2col",
             Self::HostMaxPool => "host-max-pool",
             Self::SubsampledProjection => "subsampled-projection",
+            Self::MatmulConv => "matmul-conv",
+            Self::HostBatchNorm => "host-batch-norm",
         }
     }
 
@@ -77,6 +100,14 @@ impl FastPath {
             Self::SubsampledProjection => {
                 "burn-flex runs a strided 1x1 convolution through im2col with a serial layout change of \
                  the whole input"
+            }
+            Self::MatmulConv => {
+                "burn-autodiff differentiates conv2d with conv_transpose2d and a conv2d of the swapped \
+                 batch, which burn-flex runs far below matmul speed and mostly on one core"
+            }
+            Self::HostBatchNorm => {
+                "a training batch norm is some forty burn tensor operations forward and backward, each \
+                 with its own pass and allocation (burn has no fused batch-norm kernel for burn-flex)"
             }
         }
     }
@@ -106,13 +137,16 @@ impl FastPaths {
     /// The fast paths for a backend of this name (as `Backend::name` gives it, wrappers such as
     /// `autodiff<...>`, `fusion<...>` or `dispatch<...>` included), with or without autodiff.
     ///
-    /// All of them are inference fast paths of the host CPU backends: concurrent branches on
-    /// Flex and NdArray, the rest on Flex. Training keeps Burn's operations (their backward
-    /// passes), and GPU backends have their own queues and kernels.
+    /// All of them are fast paths of the host CPU backends. In inference: concurrent branches
+    /// on Flex and NdArray, the rest on Flex. In training: the convolutions as matrix products,
+    /// on Flex and NdArray. GPU backends have their own queues and kernels.
     pub fn for_backend(name: &str, autodiff: bool) -> Self {
         let inner = innermost_backend(name);
         if autodiff {
-            return Self::NONE;
+            return match inner {
+                "flex" | "ndarray" => Self::NONE.with(FastPath::MatmulConv).with(FastPath::HostBatchNorm),
+                _ => Self::NONE,
+            };
         }
         match inner {
             "flex" => Self::NONE
@@ -138,6 +172,11 @@ impl FastPaths {
     /// The set without `path`.
     pub fn without(self, path: FastPath) -> Self {
         Self(self.0 & !path.bit())
+    }
+
+    /// The training fast paths of the set (`training`) or its inference ones.
+    pub fn for_training(self, training: bool) -> Self {
+        self.iter().filter(|p| p.is_training() == training).fold(Self::NONE, Self::with)
     }
 
     /// The fast paths of the set, in [`FastPath::ALL`] order.
@@ -199,14 +238,15 @@ mod tests {
     use burn::backend::{Autodiff, Flex};
 
     #[test]
-    fn flex_inference_gets_every_fast_path_training_none() {
+    fn flex_gets_the_inference_fast_paths_and_autodiff_flex_the_training_one() {
         let device = Default::default();
         let flex = FastPaths::for_backend(&Flex::name(&device), false);
-        assert_eq!(flex.iter().collect::<Vec<_>>(), FastPath::ALL.to_vec());
+        let inference: Vec<FastPath> = FastPath::ALL.into_iter().filter(|p| !p.is_training()).collect();
+        assert_eq!(flex.iter().collect::<Vec<_>>(), inference);
         // Autodiff<Flex> is a wrapped backend: its name is `autodiff<flex>`
         let ad = FastPaths::for_backend(&Autodiff::<Flex>::name(&device), Autodiff::<Flex>::ad_enabled(&device));
-        assert_eq!(ad, FastPaths::NONE);
-        assert_eq!(FastPaths::probe::<Autodiff<Flex>>(&device), FastPaths::NONE);
+        assert_eq!(ad.describe(), "matmul-conv, host-batch-norm");
+        assert_eq!(FastPaths::probe::<Autodiff<Flex>>(&device), ad);
     }
 
     #[test]
@@ -215,7 +255,8 @@ mod tests {
             assert_eq!(FastPaths::for_backend(name, false), FastPaths::for_backend("flex", false), "{name}");
         }
         assert_eq!(FastPaths::for_backend("dispatch<ndarray>", false).describe(), "concurrent-branches");
-        assert_eq!(FastPaths::for_backend("autodiff<dispatch<flex>>", true), FastPaths::NONE);
+        assert_eq!(FastPaths::for_backend("autodiff<dispatch<flex>>", true).describe(), "matmul-conv, host-batch-norm");
+        assert_eq!(FastPaths::for_backend("autodiff<fusion<cuda>>", true), FastPaths::NONE);
         for gpu in ["fusion<cubecl<cuda>>", "wgpu", "fusion<wgpu<vulkan>>"] {
             assert_eq!(FastPaths::for_backend(gpu, false).describe(), "none", "{gpu}");
         }

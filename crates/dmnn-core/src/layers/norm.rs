@@ -112,6 +112,20 @@ impl<B: Backend> BatchNorm2d<B> {
         input * per_sample(scale.clone(), batch_size) + per_sample(shift.clone(), batch_size)
     }
 
+    /// Moves the running statistics toward a batch's `mean` and biased `var` over `n` values per
+    /// channel (the running variance takes the unbiased one, as PyTorch).
+    pub(crate) fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, n: usize) {
+        let m = self.momentum;
+        let unbiased = if n > 1 { n as f64 / (n - 1) as f64 } else { 1.0 };
+        let device = mean.device();
+        let running_mean =
+            self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
+        let running_var = self.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m)
+            + var.detach().mul_scalar(m * unbiased);
+        self.running_mean.update(running_mean.detach());
+        self.running_var.update(running_var.detach());
+    }
+
     fn forward_train(&self, input: Tensor<B, 4>) -> Tensor<B, 4> {
         let [batch_size, channels, height, width] = input.dims();
         let n = batch_size * height * width;
@@ -122,15 +136,7 @@ impl<B: Backend> BatchNorm2d<B> {
         let centered = x - tiled_mean; // [B, C, HW]
         let var = centered.clone().square().mean_dim(2).mean_dim(0).reshape([channels]); // biased, [C]
 
-        let m = self.momentum;
-        let unbiased = if n > 1 { n as f64 / (n - 1) as f64 } else { 1.0 };
-        let device = mean.device();
-        let running_mean =
-            self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
-        let running_var = self.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m)
-            + var.clone().detach().mul_scalar(m * unbiased);
-        self.running_mean.update(running_mean.detach());
-        self.running_var.update(running_var.detach());
+        self.update_running(mean.clone(), var.clone(), n);
 
         let scale = self.gamma.val() * var.add_scalar(self.epsilon).sqrt().recip(); // [C]
         let y = centered.reshape([batch_size, channels, height, width]);
