@@ -5,7 +5,7 @@
 //! cargo xtask train-imagenet --data DIR --backend cuda
 //! cargo xtask eval --checkpoint runs/... [--data DIR]
 //! cargo xtask cost --model dmnn50 [--image-size 224] [--json]
-//! cargo xtask bench [--backend cuda] [--out results/x.csv] [--compare-pytorch] [--pipeline]
+//! cargo xtask bench [--backend cuda] [--out results/x.csv] [--compare-pytorch] [--train] [--pipeline]
 //! cargo xtask init-from-torchvision --weights resnet50.pth --model dmnn50 --out runs/init
 //! cargo xtask export --checkpoint runs/... --out model.safetensors
 //! cargo xtask check-features                 # cargo check of the wgpu and cuda builds

@@ -20,11 +20,12 @@ use rand::{Rng, SeedableRng};
 use crate::data::ClassificationBatch;
 
 /// Training state shared by every clone of the model: the run's length (for the temperature
-/// schedule) and the non-finite-loss guard. The step itself comes with every batch
+/// schedule), its data-parallel replicas (for the loss scale) and the non-finite-loss guard. The step itself comes with every batch
 /// ([`ClassificationBatch::step`]), from the data order of `(seed, epoch)`.
 pub struct TrainProgress {
     total_steps: usize,
     steps_per_epoch: usize,
+    replicas: usize,
     stopped_at: Mutex<Option<(usize, f64)>>,
     stop: AtomicBool,
     interrupter: Mutex<Option<Interrupter>>,
@@ -37,11 +38,13 @@ impl core::fmt::Debug for TrainProgress {
 }
 
 impl TrainProgress {
-    /// Progress of a run of `total_steps` iterations, `steps_per_epoch` per epoch.
-    pub fn new(total_steps: usize, steps_per_epoch: usize) -> Arc<Self> {
+    /// Progress of a run of `total_steps` optimiser steps, `steps_per_epoch` per epoch, each
+    /// over the batches of `replicas` data-parallel replicas.
+    pub fn new(total_steps: usize, steps_per_epoch: usize, replicas: usize) -> Arc<Self> {
         Arc::new(Self {
             total_steps: total_steps.max(1),
             steps_per_epoch: steps_per_epoch.max(1),
+            replicas: replicas.max(1),
             stopped_at: Mutex::new(None),
             stop: AtomicBool::new(false),
             interrupter: Mutex::new(None),
@@ -219,7 +222,7 @@ impl<B: Backend> DmnnClassifier<B> {
             objective,
             weight_decay: 0.0,
             temperature: Default::default(),
-            progress: TrainProgress::new(1, 1),
+            progress: TrainProgress::new(1, 1, 1),
         }
     }
 
@@ -257,30 +260,86 @@ impl<B: AutodiffBackend> TrainStep for DmnnClassifier<B> {
     type Input = ClassificationBatch<B>;
     type Output = StepOutput<B>;
 
+    /// One replica's share of a step: its forward pass, and the gradients of its loss and weight
+    /// decay divided by the number of replicas (Burn sums the replicas' gradients), so that the
+    /// optimiser sees the global batch's mean gradient.
     fn step(&self, batch: ClassificationBatch<B>) -> TrainOutput<StepOutput<B>> {
+        self.timed_step(batch).0
+    }
+}
+
+/// Where one replica's step spent its time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTimes {
+    /// The forward pass and the objective, up to the loss on the host.
+    pub forward: std::time::Duration,
+    /// The backward pass and the weight decay (on an asynchronous backend: until the gradients
+    /// are queued).
+    pub backward: std::time::Duration,
+}
+
+/// Runs `f` in the rayon pool of the calling replica's thread: each data-parallel replica has a
+/// pool of its own with its share of the cores (one each for two replicas on two cores), so the
+/// replicas are the parallelism and none waits on tasks of the other in the shared pool. The CPU
+/// backend's operations run their rayon work in the pool they are called from; GPU backends
+/// only queue work from it.
+fn in_replica_pool<R: Send>(replicas: usize, f: impl FnOnce() -> R + Send) -> R {
+    thread_local! {
+        static POOL: std::cell::OnceCell<rayon::ThreadPool> = const { std::cell::OnceCell::new() };
+    }
+    POOL.with(|pool| {
+        let pool = pool.get_or_init(|| {
+            let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+            rayon::ThreadPoolBuilder::new()
+                .num_threads((cores / replicas).max(1))
+                .thread_name(|i| format!("dmnn-replica-{i}"))
+                .build()
+                .expect("a replica's thread pool")
+        });
+        pool.install(f)
+    })
+}
+
+impl<B: AutodiffBackend> DmnnClassifier<B> {
+    /// [`TrainStep::step`] with the time its forward and backward passes took (for the
+    /// benchmark); with several replicas it runs in the calling replica's thread pool.
+    pub fn timed_step(&self, batch: ClassificationBatch<B>) -> (TrainOutput<StepOutput<B>>, StepTimes) {
+        match self.progress.replicas {
+            1 => self.step_replica(batch),
+            replicas => in_replica_pool(replicas, || self.step_replica(batch)),
+        }
+    }
+
+    fn step_replica(&self, batch: ClassificationBatch<B>) -> (TrainOutput<StepOutput<B>>, StepTimes) {
+        let start = std::time::Instant::now();
         let step = batch.step + 1;
         let [batch_size, ..] = batch.images.dims();
         let device = batch.images.device();
         let noise = batch_noise(batch.seed, self.model.num_blocks(), batch_size, self.model.config.num_paths, &device);
         let temperature = self.temperature.at(self.progress.fraction(step));
-        let options = ForwardOptions::default().with_noise(noise).with_temperature(temperature);
+        let options = ForwardOptions::default().with_noise(noise).with_temperature(temperature).with_autodiff_kernels();
         let out = self.model.forward_with(batch.images, options);
         let (output, loss) = self.output(out, batch.targets);
         let value = loss.clone().into_scalar().to_f64();
+        let forward = start.elapsed();
         if !value.is_finite() || self.progress.stop.load(Ordering::SeqCst) {
             // leave the weights as they are: no gradients, and the run stops
             self.progress.fail(step, value);
-            return TrainOutput { grads: GradientsParams::new(), item: output };
+            let times = StepTimes { forward, backward: Default::default() };
+            return (TrainOutput { grads: GradientsParams::new(), item: output }, times);
         }
+        let replicas = self.progress.replicas;
+        let loss = if replicas > 1 { loss.div_scalar(replicas as f64) } else { loss };
         let mut grads = GradientsParams::from_grads(loss.backward(), self);
         if self.weight_decay > 0.0 {
             self.visit(&mut DecayWeights::<B> {
                 grads: &mut grads,
-                weight_decay: self.weight_decay,
+                weight_decay: self.weight_decay / replicas as f64,
                 _b: Default::default(),
             });
         }
-        TrainOutput { grads, item: output }
+        let times = StepTimes { forward, backward: start.elapsed() - forward };
+        (TrainOutput { grads, item: output }, times)
     }
 }
 
@@ -293,5 +352,3 @@ impl<B: Backend> InferenceStep for DmnnClassifier<B> {
         self.output(out, batch.targets).0
     }
 }
-
-impl<B: AutodiffBackend> DmnnClassifier<B> {}

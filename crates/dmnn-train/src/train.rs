@@ -15,7 +15,7 @@ use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
 use burn::train::checkpoint::KeepLastNCheckpoints;
 use burn::train::renderer::MetricsRenderer;
-use burn::train::{Learner, SupervisedTraining};
+use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use dmnn_core::{Dmnn, ExecutionMode, ForwardOptions};
 use serde::{Deserialize, Serialize};
 
@@ -124,13 +124,24 @@ fn check_data(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Res
 
 /// The loader settings of a configuration: `(training, evaluation)`.
 pub fn loader_configs(config: &TrainConfig) -> (LoaderConfig, LoaderConfig) {
-    let mut train = LoaderConfig::train(config.batch_size, config.seed);
+    let mut train = LoaderConfig::train(config.batch_size / config.replicas.max(1), config.seed);
     train.max_batches = config.max_steps_per_epoch;
     train.workers = config.workers;
     let mut eval = LoaderConfig::eval(config.eval_batch_size);
     eval.max_batches = config.max_eval_batches;
     eval.workers = config.workers;
     (train, eval)
+}
+
+/// The run's SGD: PyTorch's momentum (no dampening), Nesterov and gradient clipping as set.
+pub fn optimizer(config: &TrainConfig) -> SgdConfig {
+    let momentum =
+        MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.nesterov);
+    let sgd = SgdConfig::new().with_momentum(Some(momentum));
+    match config.grad_clip {
+        Some(clip) => sgd.with_gradient_clipping(Some(GradientClippingConfig::Norm(clip as f32))),
+        None => sgd,
+    }
 }
 
 /// Step 1: the data (an error before anything is written), the run directory and its
@@ -214,9 +225,9 @@ pub fn prepare<B: AutodiffBackend>(
 /// Unusable initial weights, a non-finite loss, a checkpoint that does not load.
 pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBackend>> {
     let (config, device, log) = (&run.config, &run.device, &run.log);
-    let steps_per_epoch = run.train_loader.num_batches();
+    let steps_per_epoch = run.train_loader.steps_per_epoch(config.replicas);
     let start_epoch = run.checkpoint.unwrap_or(0);
-    let progress = TrainProgress::new(config.epochs * steps_per_epoch, steps_per_epoch);
+    let progress = TrainProgress::new(config.epochs * steps_per_epoch, steps_per_epoch, config.replicas);
     let mut model = config.model.try_init::<B>(device)?;
     if let (Some(path), None) = (&config.initial_weights, run.checkpoint) {
         let (m, note) = initial_weights(model, path, config.new_head, device)?;
@@ -249,13 +260,7 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
             .map_err(|e| TrainError::record(&path.with_extension("mpk"), e))?;
         return Ok(classifier.load_record(record).model.valid());
     }
-    let momentum =
-        MomentumConfig::new().with_momentum(config.momentum).with_dampening(0.0).with_nesterov(config.nesterov);
-    let mut sgd = SgdConfig::new().with_momentum(Some(momentum));
-    if let Some(clip) = config.grad_clip {
-        sgd = sgd.with_gradient_clipping(Some(GradientClippingConfig::Norm(clip as f32)));
-    }
-    let optim = sgd.init::<B, DmnnClassifier<B>>();
+    let optim = optimizer(config).init::<B, DmnnClassifier<B>>();
     let scheduler = WarmupSchedule {
         base_lr: config.lr,
         steps_per_epoch,
@@ -286,6 +291,11 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
     }
     if let Some(k) = run.checkpoint {
         training = training.checkpoint(k);
+    }
+    if config.replicas > 1 {
+        let devices = vec![device.clone(); config.replicas];
+        let strategy = ExecutionStrategy::MultiDevice(devices, MultiDeviceOptim::OptimMainDevice);
+        training = training.with_training_strategy(strategy.into());
     }
     progress.set_interrupter(training.interrupter());
 

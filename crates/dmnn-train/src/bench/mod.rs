@@ -1,5 +1,5 @@
 //! `dmnn bench`: does skipping MACs save time? Sparse against Masked against the static network,
-//! at random gate rates, plus training throughput and ResNet-50 references.
+//! at random gate rates, plus ResNet-50 references and the training benchmark ([`TrainBench`]).
 //!
 //! Timings run in rounds after warm-up, the device synchronised around each run; in every round
 //! each rate runs `full`, `sparse`, `masked` in turn (at least `reps` rounds, more for a fast case
@@ -7,7 +7,7 @@
 //! Before timing, the benchmark checks that Sparse and Masked give the same logits (no autodiff,
 //! within 1e-4). Rows (also written as CSV):
 //! `model,image_size,batch,rate,mode,ms_median,ms_min,macs_ratio,efficiency`, where `mode` is
-//! `full` (the static all-paths-on network), `masked`, `sparse` or `train` (one optimiser step),
+//! `full` (the static all-paths-on network), `masked` or `sparse`,
 //! and `efficiency = (1 − t_sparse/t_full) / (1 − macs/macs_full)` on sparse rows, with
 //! `t_sparse/t_full` the median ratio of each sparse run to the full run just before it (the
 //! machine's drift cancels in the pair). Peak memory is measured per case in a fresh process
@@ -16,11 +16,9 @@
 use std::path::Path;
 use std::time::Instant;
 
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsParams, Optimizer, SgdConfig};
 use burn::prelude::ToElement;
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Distribution, Tensor, TensorData};
 use dmnn_core::{Dmnn, DmnnConfig, ExecutionMode, ForwardOptions};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -30,10 +28,12 @@ use crate::error::{Result, TrainError};
 mod memory;
 mod pipeline;
 mod pytorch;
+mod train;
 
 pub use memory::*;
 pub use pipeline::*;
 pub use pytorch::*;
+pub use train::*;
 
 /// One row of the benchmark.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +46,7 @@ pub struct BenchRow {
     pub batch: usize,
     /// Gate rate the gates were drawn at (1 for static rows).
     pub rate: f64,
-    /// `full`, `masked`, `sparse` or `train`.
+    /// `full`, `masked` or `sparse`.
     pub mode: String,
     /// Median time per run, ms.
     pub ms_median: f64,
@@ -99,8 +99,6 @@ pub struct BenchConfig {
     pub min_seconds: f64,
     /// Warm-up runs.
     pub warmup: usize,
-    /// Training-throughput cases: `(preset, image size, batch)`.
-    pub train_cases: Vec<(String, usize, usize)>,
     /// Static references: `(preset, image size, batch sizes)`.
     pub reference_cases: Vec<(String, usize, Vec<usize>)>,
     /// Seed of the random gates.
@@ -116,7 +114,6 @@ impl BenchConfig {
             reps: 15,
             min_seconds: 20.0,
             warmup: 1,
-            train_cases: vec![("dmnn50".into(), 224, 16), ("resnet50".into(), 224, 16)],
             reference_cases: vec![("resnet50".into(), 224, vec![1, 16])],
             seed: 7,
         }
@@ -130,7 +127,6 @@ impl BenchConfig {
             reps: 31,
             min_seconds: 0.0,
             warmup: 2,
-            train_cases: vec![],
             reference_cases: vec![],
             seed: 7,
         }
@@ -321,40 +317,6 @@ pub fn run_bench<B: AutodiffBackend>(
             progress(&row);
             rows.push(row);
         }
-    }
-    for (name, size, batch) in &config.train_cases {
-        let (cfg, mut model) = model_for::<B>(name, device)?;
-        let mut optim = SgdConfig::new().init::<B, Dmnn<B>>();
-        let x = images::<B>(&cfg, *size, *batch, device);
-        let y = Tensor::<B, 1, Int>::from_data(
-            TensorData::new((0..*batch as i64).map(|i| i % cfg.num_classes as i64).collect(), [*batch]),
-            device,
-        );
-        let ce = CrossEntropyLossConfig::new().init(device);
-        let mut ratio = 1.0;
-        let (ms, min) = time(1, config.reps.min(3), || {
-            let out = model.forward(x.clone());
-            ratio = out.macs_ratio().mean().into_scalar().to_f64();
-            let loss = ce.forward(out.logits, y.clone());
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-3, model.clone(), grads);
-            let _ = model.fc.weight.val().sum().into_data();
-            sync(device);
-        });
-        let row = BenchRow {
-            model: name.clone(),
-            image_size: *size,
-            batch: *batch,
-            rate: 1.0,
-            mode: "train".into(),
-            ms_median: ms,
-            ms_min: min,
-            macs_ratio: ratio,
-            efficiency: None,
-            ratio_to_full: None,
-        };
-        progress(&row);
-        rows.push(row);
     }
     Ok(rows)
 }

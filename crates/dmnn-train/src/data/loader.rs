@@ -157,6 +157,18 @@ impl<B: Backend> EpochLoader<B> {
         self.config.max_batches.map_or(n, |m| n.min(m))
     }
 
+    /// Optimiser steps per epoch when the loader is split between `replicas` data-parallel
+    /// replicas, as Burn's multi-device strategy splits it (`split_dataloader`: equal contiguous
+    /// shares, the last one takes the rest, each a loader of its own): the batches of the largest
+    /// share. One replica: [`EpochLoader::num_batches`].
+    pub fn steps_per_epoch(&self, replicas: usize) -> usize {
+        let replicas = replicas.max(1);
+        let len = self.range.1 - self.range.0;
+        let largest = len - (replicas - 1) * (len / replicas);
+        let n = largest.div_ceil(self.config.batch_size);
+        self.config.max_batches.map_or(n, |m| n.min(m))
+    }
+
     /// Another handle on the same loader: the same data, epoch counter and list of skipped
     /// samples (what the Learner takes while the driver keeps its own).
     pub fn clone_loader(&self) -> Self {
@@ -229,6 +241,8 @@ impl<B: Backend> DataLoader<B, ClassificationBatch<B>> for EpochLoader<B> {
         }
         let total = batches.iter().map(Vec::len).sum();
         let batches_per_epoch = batches.len();
+        // a slice of the data (one data-parallel replica's share) draws its own Gumbel noise
+        let share = self.range.0 as u64;
         let (sender, receiver) = sync_channel(self.config.prefetch.max(1));
         let (source, pool, skipped) = (self.source.clone(), self.pool.clone(), self.skipped.clone());
         let shape = source.image_shape();
@@ -262,7 +276,10 @@ impl<B: Backend> DataLoader<B, ClassificationBatch<B>> for EpochLoader<B> {
                     if labels.is_empty() {
                         continue;
                     }
-                    let batch_seed = mix_seed(&[seed.unwrap_or(0), epoch, b as u64, 0xBA7C]);
+                    let batch_seed = match share {
+                        0 => mix_seed(&[seed.unwrap_or(0), epoch, b as u64, 0xBA7C]),
+                        start => mix_seed(&[seed.unwrap_or(0), epoch, b as u64, 0xBA7C, start]),
+                    };
                     let step = epoch as usize * batches_per_epoch + b;
                     if sender.send(HostBatch { pixels, labels, seed: batch_seed, step }).is_err() {
                         return; // the consumer stopped early
@@ -273,9 +290,11 @@ impl<B: Backend> DataLoader<B, ClassificationBatch<B>> for EpochLoader<B> {
         Box::new(EpochIterator::<B> { receiver, device: self.device.clone(), shape, processed: 0, total })
     }
 
+    /// The samples the loader draws its batches from (`max_batches` caps an epoch's batches, not
+    /// this): what Burn's multi-device strategy splits between the replicas, so that with a cap
+    /// each replica still draws from its share of the whole data.
     fn num_items(&self) -> usize {
-        let n = self.range.1 - self.range.0;
-        self.config.max_batches.map_or(n, |m| n.min(m * self.config.batch_size))
+        self.range.1 - self.range.0
     }
 
     fn to_device(&self, device: &B::Device) -> Arc<dyn DataLoader<B, ClassificationBatch<B>>> {
@@ -358,5 +377,36 @@ mod tests {
         assert_eq!(epoch_labels(&loader).len(), 2);
         let part = loader.slice(10, 14);
         assert_eq!(part.num_items(), 4);
+    }
+
+    /// Burn's multi-device strategy splits the loader into contiguous shares: each replica draws
+    /// from its own half of the data (with a cap too), gets its own Gumbel seeds, and the steps
+    /// per epoch are the largest share's batches.
+    #[test]
+    fn replicas_draw_their_own_share_and_their_own_noise() {
+        use burn::data::dataloader::split::split_dataloader;
+        let data = InMemoryImages::new("z", vec![0; 21], (0..21).collect(), [1, 1, 1], 21, vec![0.0], vec![1.0]);
+        for cap in [None, Some(2)] {
+            let mut config = LoaderConfig::train(4, 9);
+            config.max_batches = cap;
+            let loader = EpochLoader::<Flex>::new(Arc::new(data.clone()), config, Default::default());
+            let device = Default::default();
+            let shares = split_dataloader(Arc::new(loader.clone_loader()), &[device, device]);
+            let epochs: Vec<Vec<ClassificationBatch<Flex>>> = shares.iter().map(|s| s.iter().collect()).collect();
+            let steps = epochs.iter().map(Vec::len).max().unwrap();
+            assert_eq!(loader.steps_per_epoch(2), steps, "cap {cap:?}");
+            assert_eq!(steps, cap.unwrap_or(3), "10 and 11 images in batches of 4");
+            let labels = |e: &[ClassificationBatch<Flex>]| -> Vec<i64> {
+                e.iter().flat_map(|b| b.targets.clone().into_data().convert::<i64>().to_vec::<i64>().unwrap()).collect()
+            };
+            assert!(labels(&epochs[0]).iter().all(|&l| l < 10), "the first share is the first half");
+            assert!(labels(&epochs[1]).iter().all(|&l| l >= 10), "the second share is the second half");
+            for (a, b) in epochs[0].iter().zip(&epochs[1]) {
+                assert_eq!(a.step, b.step, "replicas are at the same step");
+                assert_ne!(a.seed, b.seed, "each replica draws its own Gumbel noise");
+            }
+        }
+        let one = EpochLoader::<Flex>::new(Arc::new(data), LoaderConfig::train(4, 9), Default::default());
+        assert_eq!(one.steps_per_epoch(1), one.num_batches());
     }
 }

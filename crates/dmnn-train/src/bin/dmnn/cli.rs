@@ -140,12 +140,21 @@ pub struct BenchArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Only the small preset (seconds on a CPU).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "train")]
     pub quick: bool,
+    /// Only the training benchmark: one optimiser step of resnet50 and dmnn50 (224 px, batch
+    /// 16) and of the main job (28 px, batch 128), against the old path (fast paths off).
+    #[arg(long)]
+    pub train: bool,
+    /// Run one training case `model:image_size:batch:replicas` in this process and print its
+    /// CSV row (the old path of the training benchmark runs so, with the fast paths off).
+    #[arg(long, hide = true)]
+    pub train_case: Option<dmnn_train::bench::TrainCase>,
     /// Timed rounds per case, exactly (default: at least 15, more for a fast case until 20 s are spent).
     #[arg(long)]
     pub reps: Option<usize>,
-    /// Also run scripts/bench_pytorch.py (torchvision resnet50, 2 threads) and print the ratios.
+    /// Also run scripts/bench_pytorch.py (torchvision resnet50 and a resnet_small-shaped network,
+    /// 2 threads) and print the ratios.
     #[arg(long)]
     pub compare_pytorch: bool,
     /// Measure the ImageNet input pipeline instead (decode + RandomResizedCrop + flip + normalise, one core).
@@ -265,9 +274,13 @@ pub struct DataArgs {
     /// Dataset kind of `train` (`train-imagenet` is always ImageNet).
     #[arg(long, value_enum, help_heading = "Data")]
     pub dataset: Option<DatasetArg>,
-    /// Training batch size.
+    /// Training batch size (of one optimiser step, over every replica).
     #[arg(long, help_heading = "Data")]
     pub batch_size: Option<usize>,
+    /// Data-parallel replicas on the device, each with `batch_size / replicas` images of a step
+    /// (the main job: 2, one per core).
+    #[arg(long, help_heading = "Data")]
+    pub replicas: Option<usize>,
     /// Evaluation batch size.
     #[arg(long, help_heading = "Data")]
     pub eval_batch_size: Option<usize>,
@@ -499,6 +512,9 @@ impl DataArgs {
         }
         if let Some(v) = self.batch_size {
             c.batch_size = v;
+        }
+        if let Some(v) = self.replicas {
+            c.replicas = v;
         }
         if let Some(v) = self.eval_batch_size {
             c.eval_batch_size = v;

@@ -14,7 +14,10 @@ use burn::tensor::backend::AutodiffBackend;
 use clap::Parser;
 use dmnn_core::gate::GateOptions;
 use dmnn_core::DmnnConfig;
-use dmnn_train::bench::{machine_description, machine_tag, run_bench, write_csv, BenchConfig};
+use dmnn_train::bench::{
+    machine_description, machine_tag, main_job_speedup, run_bench, run_train_bench, warmup_steps, write_csv,
+    write_train_csv, BenchConfig, TrainBench, TrainRow, TRAIN_CSV_HEADER,
+};
 use dmnn_train::config::TrainConfig;
 use dmnn_train::eval::{eval_run, EvalRequest};
 use dmnn_train::run::{load_run_model, RunDir};
@@ -39,6 +42,7 @@ fn main() {
         Command::Export(args) => export(args),
         Command::Bench(args) => {
             if args.memory_case.is_none() && !args.pipeline {
+                // the training cases of a fresh process (`--train-case`) run so too
                 restart_without_purging();
             }
             let backend = args.backend.clone();
@@ -187,9 +191,34 @@ impl BackendJob for BenchJob {
             println!("peak_rss_mib {peak:.1}");
             return Ok(());
         }
+        if let Some(case) = &args.train_case {
+            let steps = args.reps.unwrap_or(10);
+            let row = dmnn_train::bench::run_train_case::<B>(case, warmup_steps(case), steps, &device)?;
+            println!("{TRAIN_CSV_HEADER}\n{}", row.csv());
+            return Ok(());
+        }
         let fast_paths = dmnn_core::FastPaths::probe::<B::InnerBackend>(&device);
-        let machine = format!("{}; fast paths: {}", machine_description(name), fast_paths.describe());
+        let training_paths = dmnn_core::FastPaths::probe::<B>(&device);
+        let machine = format!(
+            "{}; fast paths: {}; training fast paths: {}",
+            machine_description(name),
+            fast_paths.describe(),
+            training_paths.describe()
+        );
         println!("dmnn bench on {machine}");
+        let exe = std::env::current_exe().context("locating the dmnn binary")?;
+        let suffix = if args.quick { "-quick" } else { "" };
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("results/bench-{}{suffix}.csv", machine_tag(name))));
+        if args.train {
+            let train_rows = train_bench::<B>(&device, &exe, args.reps, &out, &machine)?;
+            if args.compare_pytorch {
+                dmnn_train::bench::compare_pytorch(&[], &train_rows)?;
+            }
+            return Ok(());
+        }
         if fast_paths == dmnn_core::FastPaths::NONE {
             println!(
                 "(every backend fast path is off: Burn's own operations throughout; {}=off or a backend without them)",
@@ -203,14 +232,9 @@ impl BackendJob for BenchJob {
         );
         print::bench_header();
         let rows = run_bench::<B>(&config, &device, print::bench_row)?;
-        let out = args.out.unwrap_or_else(|| {
-            let suffix = if args.quick { "-quick" } else { "" };
-            PathBuf::from(format!("results/bench-{}{suffix}.csv", machine_tag(name)))
-        });
         write_csv(&out, &rows, &machine)?;
         println!("wrote {}", out.display());
         if name.starts_with("cpu") {
-            let exe = std::env::current_exe().context("locating the dmnn binary")?;
             println!("peak resident memory, each case in a fresh process:");
             let memory = dmnn_train::bench::measure_peak_memory(&exe, &rows, |case, peak| {
                 println!("  {case:<32} {peak:>8.1} MiB")
@@ -220,11 +244,44 @@ impl BackendJob for BenchJob {
             dmnn_train::bench::write_memory_csv(&memory_out, &memory, &machine)?;
             println!("wrote {}", memory_out.display());
         }
+        let train_rows = if args.quick {
+            Vec::new()
+        } else {
+            let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("bench");
+            train_bench::<B>(&device, &exe, args.reps, &out.with_file_name(format!("{stem}-train.csv")), &machine)?
+        };
         if args.compare_pytorch {
-            dmnn_train::bench::compare_pytorch(&rows)?;
+            dmnn_train::bench::compare_pytorch(&rows, &train_rows)?;
         }
         Ok(())
     }
+}
+
+/// The training benchmark: its rows as they come, the main job's speed-up, the CSV at `out`.
+fn train_bench<B: AutodiffBackend>(
+    device: &B::Device,
+    exe: &std::path::Path,
+    reps: Option<usize>,
+    out: &std::path::Path,
+    machine: &str,
+) -> Result<Vec<TrainRow>> {
+    println!(
+        "training steps as the trainer runs them (each replica's share on its own thread, gradients summed, SGD); \
+         medians after warm-up; old path: {}=off in a fresh process",
+        dmnn_core::backend::FAST_PATHS_ENV
+    );
+    print::train_header();
+    let rows = run_train_bench::<B>(&TrainBench::full(), device, Some(exe), reps, print::train_row)?;
+    for model in ["dmnn_small", "resnet_small"] {
+        if let Some(speedup) = main_job_speedup(&rows, model) {
+            println!(
+                "main job's step, {model}: {speedup:.2}x the images/s of the old path (one replica, fast paths off)"
+            );
+        }
+    }
+    write_train_csv(out, &rows, machine)?;
+    println!("wrote {}", out.display());
+    Ok(rows)
 }
 
 fn init_from_torchvision(args: InitArgs) -> Result<()> {

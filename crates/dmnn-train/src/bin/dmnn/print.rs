@@ -92,14 +92,50 @@ pub fn bench_header() {
 /// One bench row.
 pub fn bench_row(r: &BenchRow) {
     let eff = r.efficiency.map(|e| format!("{e:.2}")).unwrap_or_default();
-    let extra = match (r.mode.as_str(), r.ratio_to_full) {
-        ("train", _) => format!("{:.1} img/s", r.batch as f64 / (r.ms_median / 1e3)),
-        (_, Some(ratio)) => format!("{ratio:.3} of full"),
-        _ => String::new(),
-    };
+    let extra = r.ratio_to_full.map(|ratio| format!("{ratio:.3} of full")).unwrap_or_default();
     println!(
         "{:<12} {:>4} {:>5} {:>5.2} {:<7} {:>10.2} {:>10.2} {:>7.3} {:>6} {}",
         r.model, r.image_size, r.batch, r.rate, r.mode, r.ms_median, r.ms_min, r.macs_ratio, eff, extra
+    );
+}
+
+/// The header of the training rows.
+pub fn train_header() {
+    println!(
+        "{:<12} {:>4} {:>5} {:>4} {:<13} {:>4} {:>10} {:>8} {:>5} {:>9} {:>9} {:>7}",
+        "model",
+        "size",
+        "batch",
+        "repl",
+        "objective",
+        "fast",
+        "ms_median",
+        "img/s",
+        "cores",
+        "fwd_ms",
+        "bwd_ms",
+        "opt_ms"
+    );
+}
+
+/// One training row.
+pub fn train_row(r: &dmnn_train::bench::TrainRow) {
+    let c = &r.case;
+    let cores = r.cpu_cores.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+    println!(
+        "{:<12} {:>4} {:>5} {:>4} {:<13} {:>4} {:>10.1} {:>8.1} {:>5} {:>9.1} {:>9.1} {:>7.1}",
+        c.model,
+        c.image_size,
+        c.batch,
+        c.replicas,
+        r.objective,
+        r.fast_paths,
+        r.ms_median,
+        r.images_per_s,
+        cores,
+        r.forward_ms,
+        r.backward_ms,
+        r.optimizer_ms
     );
 }
 
