@@ -119,6 +119,24 @@ fn check_data(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Res
             config.model.name, config.model.in_channels
         )));
     }
+    check_images(config, source, what)
+}
+
+/// Checks that a split holds images, of the size the model takes.
+pub(crate) fn check_images(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Result<()> {
+    let path = config.data.path().display();
+    if source.len() == 0 {
+        return Err(TrainError::Config(format!("{what} data at {path} holds no images ({})", source.describe())));
+    }
+    let (size, channels) = (config.model.image_size, config.model.in_channels);
+    if source.image_shape() != [channels, size, size] {
+        let [c, h, w] = source.image_shape();
+        return Err(TrainError::Config(format!(
+            "{what} data at {path} has {c}x{h}x{w} images but model '{}' takes {channels}x{size}x{size} ({})",
+            config.model.name,
+            source.describe()
+        )));
+    }
     Ok(())
 }
 
@@ -322,8 +340,9 @@ pub fn finish<B: AutodiffBackend>(run: Prepared<B>, trained: Dmnn<B::InnerBacken
     Recorder::<B::InnerBackend>::record(&AtomicRecorder, trained.clone().into_record(), record_path.clone())
         .map_err(|e| TrainError::Other(format!("saving {}: {e}", record_path.with_extension("mpk").display())))?;
 
-    let (train_config, eval_config) = loader_configs(config);
-    let test_loader = EpochLoader::<B::InnerBackend>::new(run.test_source.clone(), eval_config, device.clone());
+    let (train_config, _) = loader_configs(config);
+    // the validation loader's own data: an unreadable test image is one skipped image, reported once
+    let test_loader = run.valid_loader.clone_loader();
     let eval = evaluate(&trained, &test_loader, ForwardOptions::mode(ExecutionMode::Sparse));
     let mut recalibrated = None;
     if config.recalibrate_batches > 0 && config.model.is_dynamic() {

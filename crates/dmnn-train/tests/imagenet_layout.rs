@@ -141,3 +141,32 @@ fn empty_split_is_an_error_naming_it() {
     assert!(!out.status.success());
     assert!(text(&out).contains("is empty: no images under") && text(&out).contains("train"), "{}", text(&out));
 }
+
+/// An unreadable validation image is read by the per-epoch validation and by the final test
+/// pass; it is one image, reported once (it used to be reported by each loader).
+#[test]
+fn an_unreadable_validation_image_is_reported_once() {
+    let tmp = TempDir::new("imagenet-bad-val");
+    let data = tmp.path().join("imagenet");
+    build_tree(&data);
+    std::fs::write(data.join("val/ILSVRC2012_val_00000005.JPEG"), b"not an image").unwrap();
+    let csv = data.join("LOC_val_solution.csv");
+    let mut labels = std::fs::read_to_string(&csv).unwrap();
+    labels.push_str("ILSVRC2012_val_00000005,n02123045 1 2 3 4\n");
+    std::fs::write(&csv, labels).unwrap();
+    let run_dir = tmp.path().join("run");
+    let out = run(dmnn()
+        .args(["train-imagenet", "--plain", "--data"])
+        .arg(&data)
+        .args(["--model", "dmnn_small", "--num-classes", "2", "--image-size", "32", "--epochs", "1"])
+        .args(["--batch-size", "4", "--eval-batch-size", "4", "--workers", "1", "--out"])
+        .arg(&run_dir));
+    let log = text(&out);
+    assert!(out.status.success(), "{log}");
+    let reports = log.matches("skipping unreadable image").count();
+    assert_eq!(log.matches("ILSVRC2012_val_00000005.JPEG").count(), 1, "{log}");
+    assert_eq!(reports, 2, "the truncated training file and the bad validation file: {log}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["skipped_images"].as_array().unwrap().len(), 2, "{summary}");
+}

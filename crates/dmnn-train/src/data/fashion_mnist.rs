@@ -41,50 +41,62 @@ pub fn default_fashion_mnist_dir() -> PathBuf {
     candidates.into_iter().flatten().find(|dir| dir.join("train-images-idx3-ubyte.gz").is_file()).unwrap_or(first)
 }
 
-fn read_gz(path: &Path) -> Result<Vec<u8>, DataError> {
-    let file = std::fs::File::open(path).map_err(DataError::io(path))?;
-    let mut bytes = Vec::new();
-    GzDecoder::new(file)
-        .read_to_end(&mut bytes)
-        .map_err(|e| DataError::format(path, format!("not a readable gzip file ({e})")))?;
-    Ok(bytes)
-}
+/// The largest IDX payload read (Fashion-MNIST's training images are 47 MB).
+const MAX_IDX_BYTES: usize = 1 << 31;
 
-fn be_u32(bytes: &[u8], at: usize) -> usize {
-    u32::from_be_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]) as usize
+/// Reads a gzip IDX file of `dims` dimensions with `magic`: its header's dimensions and its
+/// payload. The size the header announces is computed with checked arithmetic and bounded
+/// before anything is read, and the payload is read up to that size only: a crafted header or a
+/// gzip bomb is an error naming the file, never a huge allocation.
+fn read_idx<const N: usize>(path: &Path, magic: u32, what: &str) -> Result<(Vec<u8>, [usize; N]), DataError> {
+    let file = std::fs::File::open(path).map_err(DataError::io(path))?;
+    let mut reader = GzDecoder::new(file);
+    let unreadable = |e: std::io::Error| DataError::format(path, format!("not a readable gzip file ({e})"));
+    let header_len = 4 + 4 * N;
+    let mut header = vec![0u8; header_len];
+    let mut got = 0;
+    while got < header_len {
+        match reader.read(&mut header[got..]).map_err(unreadable)? {
+            0 => break,
+            n => got += n,
+        }
+    }
+    let be_u32 = |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
+    if got < header_len || be_u32(0) != magic {
+        return Err(DataError::format(path, format!("not an IDX {what} file (magic 0x{magic:08x})")));
+    }
+    let dims: [usize; N] = std::array::from_fn(|i| be_u32(4 + 4 * i) as usize);
+    let payload = dims.iter().try_fold(1usize, |size, &d| size.checked_mul(d)).filter(|&p| p <= MAX_IDX_BYTES);
+    let Some(payload) = payload else {
+        return Err(DataError::format(
+            path,
+            format!("IDX header says {dims:?}: more than {MAX_IDX_BYTES} bytes, not a dataset this reader takes"),
+        ));
+    };
+    let mut bytes = Vec::new();
+    (&mut reader).take(payload as u64 + 1).read_to_end(&mut bytes).map_err(unreadable)?;
+    if bytes.len() != payload {
+        let actual = if bytes.len() > payload { "more".to_string() } else { (header_len + bytes.len()).to_string() };
+        return Err(DataError::format(
+            path,
+            format!("IDX header says {dims:?} ({} bytes) but the file has {actual} bytes", header_len + payload),
+        ));
+    }
+    Ok((bytes, dims))
 }
 
 /// Reads a gzip IDX image file: `(pixels, [count, rows, cols])`.
 pub fn read_idx_images(path: &Path) -> Result<(Vec<u8>, [usize; 3]), DataError> {
-    let bytes = read_gz(path)?;
-    if bytes.len() < 16 || be_u32(&bytes, 0) != 0x0803 {
-        return Err(DataError::format(path, "not an IDX image file (magic 0x00000803)"));
+    let (pixels, dims) = read_idx::<3>(path, 0x0803, "image")?;
+    if let [_, 0, _] | [_, _, 0] = dims {
+        return Err(DataError::format(path, format!("IDX header says {dims:?}: images of zero pixels")));
     }
-    let dims = [be_u32(&bytes, 4), be_u32(&bytes, 8), be_u32(&bytes, 12)];
-    let expected = 16 + dims.iter().product::<usize>();
-    if bytes.len() != expected {
-        return Err(DataError::format(
-            path,
-            format!("IDX header says {dims:?} ({expected} bytes) but the file has {} bytes", bytes.len()),
-        ));
-    }
-    Ok((bytes[16..].to_vec(), dims))
+    Ok((pixels, dims))
 }
 
 /// Reads a gzip IDX label file.
 pub fn read_idx_labels(path: &Path) -> Result<Vec<u8>, DataError> {
-    let bytes = read_gz(path)?;
-    if bytes.len() < 8 || be_u32(&bytes, 0) != 0x0801 {
-        return Err(DataError::format(path, "not an IDX label file (magic 0x00000801)"));
-    }
-    let n = be_u32(&bytes, 4);
-    if bytes.len() != 8 + n {
-        return Err(DataError::format(
-            path,
-            format!("IDX header says {n} labels but the file has {} bytes", bytes.len() - 8),
-        ));
-    }
-    Ok(bytes[8..].to_vec())
+    Ok(read_idx::<1>(path, 0x0801, "label")?.0)
 }
 
 /// Loads a split of Fashion-MNIST (or MNIST: same files) from `dir`.

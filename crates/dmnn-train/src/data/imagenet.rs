@@ -32,6 +32,9 @@ pub struct ValLabels {
 const LABEL_FILES: [&str; 4] =
     ["LOC_val_solution.csv", "ILSVRC2012_validation_ground_truth.txt", "val_labels.txt", "val.txt"];
 
+/// The most classes a label file of class indices may name when there is no `train/` to list them.
+const MAX_CLASSES: usize = 1 << 20;
+
 /// An image-classification folder: files and their class indices.
 pub struct ImageFolder {
     root: PathBuf,
@@ -52,6 +55,26 @@ fn list_dir(path: &Path) -> Result<Vec<PathBuf>, DataError> {
 
 fn class_dirs(split_dir: &Path) -> Result<Vec<PathBuf>, DataError> {
     Ok(list_dir(split_dir)?.into_iter().filter(|p| p.is_dir()).collect())
+}
+
+/// The image files of a class folder, as torchvision's `ImageFolder` finds them: every file
+/// below it, in sub-folders too (a folder named `x.JPEG` is searched, not dropped), in sorted
+/// order. A link that leads nowhere stays in the list, so that the loader reports it with its
+/// path like any file that does not decode.
+fn class_files(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(folder) = pending.pop() {
+        for path in list_dir(&folder)? {
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
 fn stem(path: &Path) -> String {
@@ -84,7 +107,7 @@ fn read_val_labels(
                 .ok_or_else(|| DataError::format(path, format!("line {}: no wnid in '{line}'", n + 1)))?;
             labels.insert(id.trim().to_string(), RawLabel::Wnid(wnid.to_string()));
         }
-    } else if text.lines().filter(|l| !l.trim().is_empty()).all(|l| l.trim().parse::<usize>().is_ok()) {
+    } else if text.lines().filter(|l| !l.trim().is_empty()).all(|l| l.trim().parse::<i64>().is_ok()) {
         // devkit: one ILSVRC2012_ID (1-based) per line, for the val files in sorted order
         let synsets = synsets.ok_or_else(|| {
             DataError::format(
@@ -98,16 +121,32 @@ fn read_val_labels(
             .lines()
             .map(|l| l.split_whitespace().next().unwrap_or("").to_string())
             .collect();
-        let ids: Vec<usize> =
-            text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().unwrap()).collect();
+        // (line number, ID), every line a number by the test above
+        let ids: Vec<(usize, i64)> = text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+            .map(|(n, l)| (n + 1, l.trim().parse().unwrap_or(0)))
+            .collect();
         if ids.len() != files.len() {
             return Err(DataError::format(path, format!("{} labels for {} images in val/", ids.len(), files.len())));
         }
-        for (file, id) in files.iter().zip(ids) {
-            let wnid = wnids
-                .get(id.wrapping_sub(1))
+        for (file, (line, id)) in files.iter().zip(ids) {
+            let wnid = usize::try_from(id)
+                .ok()
+                .and_then(|id| id.checked_sub(1))
+                .and_then(|i| wnids.get(i))
                 .filter(|w| !w.is_empty())
-                .ok_or_else(|| DataError::format(synsets, format!("no wnid for ILSVRC2012_ID {id}")))?;
+                .ok_or_else(|| {
+                    DataError::format(
+                        path,
+                        format!(
+                            "line {line}: ILSVRC2012_ID {id} has no wnid in {} (IDs run from 1 to {})",
+                            synsets.display(),
+                            wnids.len()
+                        ),
+                    )
+                })?;
             labels.insert(stem(file), RawLabel::Wnid(wnid.clone()));
         }
     } else {
@@ -150,12 +189,26 @@ impl ImageFolder {
             return Err(DataError::Missing { what: what.into(), path: split_dir });
         }
         let split_classes = class_dirs(&split_dir)?;
+        let loose_files =
+            split == Split::Test && list_dir(&split_dir)?.into_iter().any(|p| !p.is_dir() && !is_label_file(&p));
+        if let (true, Some(dir)) = (loose_files, split_classes.first()) {
+            // one layout or the other: a stray folder must not turn a flat val/ into class folders
+            return Err(DataError::format(
+                dir,
+                format!(
+                    "{} holds both image files and folders: a flat split holds only images (and a label file), \
+                     a per-class split only class folders",
+                    split_dir.display()
+                ),
+            ));
+        }
         let mut classes: Vec<String> = if train_dir.is_dir() {
             class_dirs(&train_dir)?.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
         } else {
             split_classes.iter().map(|p| p.file_name().unwrap().to_string_lossy().into_owned()).collect()
         };
         let mut entries = Vec::new();
+        let mut empty_class = None;
         if !split_classes.is_empty() {
             let index: HashMap<&str, u32> = classes.iter().enumerate().map(|(i, c)| (c.as_str(), i as u32)).collect();
             for dir in &split_classes {
@@ -166,9 +219,11 @@ impl ImageFolder {
                         format!("class '{name}' is not a class of {}", train_dir.display()),
                     ));
                 };
-                for file in list_dir(dir)?.into_iter().filter(|p| p.is_file()) {
-                    entries.push((file, label));
+                let files = class_files(dir)?;
+                if files.is_empty() {
+                    empty_class.get_or_insert_with(|| dir.clone());
                 }
+                entries.extend(files.into_iter().map(|file| (file, label)));
             }
         } else {
             // flat val/: labels from a file
@@ -206,7 +261,23 @@ impl ImageFolder {
                             format!("{key}: wnid {w} is not one of the {} classes", classes.len()),
                         )
                     })?,
-                    Some(RawLabel::Index(i)) => *i as u32,
+                    Some(RawLabel::Index(i)) if *i < classes.len() || (classes.is_empty() && *i < MAX_CLASSES) => {
+                        *i as u32
+                    }
+                    Some(RawLabel::Index(i)) => {
+                        return Err(DataError::format(
+                            &label_file,
+                            format!(
+                                "{key}: class index {i} is not one of the {} classes of {}",
+                                if classes.is_empty() { MAX_CLASSES } else { classes.len() },
+                                if classes.is_empty() {
+                                    "a label file without train/".into()
+                                } else {
+                                    train_dir.display().to_string()
+                                },
+                            ),
+                        ))
+                    }
                     None => return Err(DataError::format(&label_file, format!("no label for {}", file.display()))),
                 };
                 entries.push((file, label));
@@ -214,6 +285,10 @@ impl ImageFolder {
         }
         if entries.is_empty() {
             return Err(DataError::EmptySplit { what: format!("{split:?} split"), path: split_dir });
+        }
+        if let Some(dir) = empty_class {
+            // it would be a class no image teaches: torchvision's ImageFolder refuses it too
+            return Err(DataError::format(dir, "class folder holds no file"));
         }
         let num_classes = classes.len().max(entries.iter().map(|e| e.1 as usize + 1).max().unwrap_or(0));
         if classes.len() < num_classes {
@@ -232,16 +307,52 @@ fn is_label_file(path: &Path) -> bool {
     path.file_name().is_some_and(|n| LABEL_FILES.contains(&n.to_string_lossy().as_ref()))
 }
 
-/// Whether JPEG bytes end their last scan with an EOI marker. A file cut short decodes "fine"
-/// with a lenient decoder (the missing rows come out grey); PIL and torchvision refuse it as
-/// truncated, and so does dmnn. Entropy-coded data never holds `FF D9` (a data `FF` is always
-/// followed by `00` or a restart marker), and an EXIF thumbnail's EOI comes before the main
-/// image's scans, so the EOI must follow the last start-of-scan marker.
+/// Whether JPEG bytes reach their end-of-image marker. A file cut short decodes "fine" with a
+/// lenient decoder (the missing rows come out grey); PIL and torchvision refuse it as truncated,
+/// and so does dmnn. The check walks the file's segments as a decoder does: every marker segment
+/// by its length (so an EXIF thumbnail inside APP1 is skipped whole), every scan's entropy-coded
+/// data up to the first marker that is not a stuffed `FF 00` or a restart marker, until `FF D9`.
+/// What follows the end-of-image marker is not looked at: trailing bytes, even ones that look like
+/// another scan (`FF DA`), do not make a complete file truncated, as in PIL.
 pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let last_sos = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
-    match last_sos {
-        Some(sos) => bytes[sos..].windows(2).any(|w| w == [0xFF, 0xD9]),
-        None => false,
+    if !bytes.starts_with(&[0xFF, 0xD8]) {
+        return false;
+    }
+    let mut at = 2;
+    loop {
+        // a marker: one or more 0xFF (fill bytes), then its code
+        if bytes.get(at) != Some(&0xFF) {
+            return false;
+        }
+        while bytes.get(at) == Some(&0xFF) {
+            at += 1;
+        }
+        let Some(&code) = bytes.get(at) else { return false };
+        at += 1;
+        match code {
+            0xD9 => return true,
+            0x01 | 0xD0..=0xD8 => continue, // markers without a length
+            _ => {}
+        }
+        let Some(length) = bytes.get(at..at + 2).map(|l| usize::from(u16::from_be_bytes([l[0], l[1]]))) else {
+            return false;
+        };
+        if length < 2 || at + length > bytes.len() {
+            return false;
+        }
+        at += length;
+        if code == 0xDA {
+            // entropy-coded data: runs until an 0xFF that is neither stuffed nor a restart marker
+            loop {
+                let Some(offset) = bytes[at..].iter().position(|&b| b == 0xFF) else { return false };
+                at += offset;
+                match bytes.get(at + 1) {
+                    None => return false,
+                    Some(0x00 | 0xD0..=0xD7) => at += 2,
+                    Some(_) => break,
+                }
+            }
+        }
     }
 }
 
@@ -258,7 +369,8 @@ pub fn decode_rgb(path: &Path) -> Result<RgbImage, String> {
         Some(_) => {}
     }
     let image = reader.decode().map_err(|e| e.to_string())?;
-    Ok(image.to_rgb8())
+    // `into_rgb8` keeps the decoded buffer of an RGB image instead of copying it
+    Ok(image.into_rgb8())
 }
 
 impl ImageSource for ImageFolder {
@@ -317,5 +429,133 @@ mod tests {
         assert!(jpeg_is_complete(&bytes));
         assert!(!jpeg_is_complete(&bytes[..bytes.len() / 2]));
         assert!(!jpeg_is_complete(&bytes[..bytes.len() - 2]));
+        assert!(!jpeg_is_complete(&bytes[2..]), "no start-of-image marker");
+    }
+
+    /// Bytes after the end-of-image marker that look like a scan (`FF DA`) do not make a valid
+    /// JPEG truncated: PIL and torchvision decode it, and so does dmnn; a file of another encoder
+    /// cut anywhere in its scan is still truncated.
+    #[test]
+    fn trailing_bytes_after_the_end_of_image_marker_are_ignored() {
+        let photos = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../data/photos");
+        let mut bytes = std::fs::read(photos.join("chelsea.jpg")).unwrap();
+        let expected = decode_rgb(&photos.join("chelsea.jpg")).unwrap();
+        bytes.extend_from_slice(&[0xFF, 0xDA, 0x00, 0x08, 0x01, 0x01, 0x00, 0x00, 0x3F, 0x00, 0x12, 0x34]);
+        let dir = std::env::temp_dir().join(format!("dmnn-trailing-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("trailing.JPEG");
+        std::fs::write(&path, &bytes).unwrap();
+        let decoded = decode_rgb(&path).unwrap_or_else(|e| panic!("rejected: {e}"));
+        assert_eq!(decoded.as_raw(), expected.as_raw());
+
+        let mut reencoded = Vec::new();
+        let image = image::open(photos.join("camera.jpg")).unwrap();
+        image.write_to(&mut std::io::Cursor::new(&mut reencoded), image::ImageFormat::Jpeg).unwrap();
+        assert!(jpeg_is_complete(&reencoded));
+        for cut in [reencoded.len() / 3, reencoded.len() - 3] {
+            assert!(!jpeg_is_complete(&reencoded[..cut]), "cut at {cut}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A scratch ImageNet-layout tree of 4x4 PNGs, removed when dropped.
+    struct Tree(PathBuf);
+
+    impl Tree {
+        fn new(name: &str) -> Self {
+            let root = std::env::temp_dir().join(format!("dmnn-layout-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&root);
+            std::fs::create_dir_all(&root).unwrap();
+            Self(root)
+        }
+
+        fn image(&self, rel: &str) -> PathBuf {
+            let path = self.0.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            RgbImage::from_pixel(4, 4, image::Rgb([10, 200, 30]))
+                .save_with_format(&path, image::ImageFormat::Png)
+                .unwrap();
+            path
+        }
+
+        fn file(&self, rel: &str, text: &str) -> PathBuf {
+            let path = self.0.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            path
+        }
+
+        fn open(&self, split: Split, labels: &ValLabels) -> Result<ImageFolder, String> {
+            ImageFolder::imagenet(&self.0, split, 8, labels).map_err(|e| e.to_string())
+        }
+    }
+
+    impl Drop for Tree {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn an_empty_class_folder_is_an_error_naming_it() {
+        let tree = Tree::new("empty-class");
+        tree.image("train/n01/a.JPEG");
+        std::fs::create_dir_all(tree.0.join("train/n02")).unwrap();
+        let err = tree.open(Split::Train, &ValLabels::default()).err().expect("an empty class folder is refused");
+        assert!(err.contains("n02") && err.contains("holds no file"), "{err}");
+    }
+
+    /// As torchvision's `ImageFolder`: the files of sub-folders count (a folder named `x.JPEG`
+    /// too), and a link to nowhere is a sample the loader reports with its path, not a silent gap.
+    #[test]
+    fn sub_folders_are_searched_and_dangling_links_are_reported() {
+        let tree = Tree::new("links");
+        tree.image("train/n01/a.JPEG");
+        tree.image("train/n01/b.JPEG/inner.JPEG");
+        let dangling = tree.0.join("train/n01/dangling.JPEG");
+        std::os::unix::fs::symlink(tree.0.join("nowhere.JPEG"), &dangling).unwrap();
+        let folder = tree.open(Split::Train, &ValLabels::default()).unwrap();
+        assert_eq!(folder.len(), 3);
+        let mut out = vec![0.0; 3 * 8 * 8];
+        let index = folder.entries.iter().position(|(p, _)| p == &dangling).expect("the link is a sample");
+        let err = folder.load(index, None, &mut out).expect_err("a link to nowhere does not load");
+        assert!(err.path.contains("dangling.JPEG"), "{err:?}");
+        let inner = folder.entries.iter().position(|(p, _)| p.ends_with("b.JPEG/inner.JPEG")).unwrap();
+        assert_eq!(folder.load(inner, None, &mut out).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_folder_in_a_flat_val_is_an_error_naming_it() {
+        let tree = Tree::new("flat-val");
+        tree.image("train/n01/a.JPEG");
+        tree.image("val/v1.JPEG");
+        std::fs::create_dir_all(tree.0.join("val/stray.JPEG")).unwrap();
+        let labels = ValLabels { file: Some(tree.file("val_labels.txt", "v1.JPEG n01\n")), synsets: None };
+        let err = tree.open(Split::Test, &labels).err().expect("a mixed val/ is refused");
+        assert!(err.contains("stray.JPEG") && err.contains("both image files and folders"), "{err}");
+    }
+
+    #[test]
+    fn label_ids_and_indices_out_of_range_are_errors_naming_them() {
+        let tree = Tree::new("labels");
+        for class in ["n01", "n02", "n03"] {
+            tree.image(&format!("train/{class}/a.JPEG"));
+        }
+        tree.image("val/ILSVRC2012_val_00000001.JPEG");
+        tree.image("val/ILSVRC2012_val_00000002.JPEG");
+        let synsets = tree.file("synsets.txt", "n01\nn02\nn03\n");
+        let truth = tree.file("ILSVRC2012_validation_ground_truth.txt", "2\n-1\n");
+        let labels = ValLabels { file: Some(truth), synsets: Some(synsets.clone()) };
+        let err = tree.open(Split::Test, &labels).err().expect("ID -1 is refused");
+        assert!(err.contains("line 2") && err.contains("ILSVRC2012_ID -1"), "{err}");
+
+        let indices = tree.file("val_labels.txt", "ILSVRC2012_val_00000001.JPEG 1\nILSVRC2012_val_00000002.JPEG 7\n");
+        let labels = ValLabels { file: Some(indices), synsets: None };
+        let err = tree.open(Split::Test, &labels).err().expect("class index 7 of 3 is refused");
+        assert!(err.contains("class index 7") && err.contains("3 classes"), "{err}");
+
+        let good = tree.file("val_labels.txt", "ILSVRC2012_val_00000001.JPEG 1\nILSVRC2012_val_00000002.JPEG 2\n");
+        let folder = tree.open(Split::Test, &ValLabels { file: Some(good), synsets: None }).unwrap();
+        assert_eq!(folder.num_classes(), 3);
     }
 }
