@@ -75,6 +75,14 @@ fn status(mut cmd: Command) -> Result<ExitCode> {
     })
 }
 
+/// A command that takes no arguments refuses any, before it starts a long build.
+fn no_arguments(command: &str, args: &[String]) -> Result<()> {
+    match args.first() {
+        Some(arg) => bail!("{command} takes no arguments; '{arg}' is not one"),
+        None => Ok(()),
+    }
+}
+
 fn run() -> Result<ExitCode> {
     let mut args: Vec<String> = std::env::args().skip(1).collect();
     let Some(command) = args.first().cloned() else {
@@ -84,6 +92,7 @@ fn run() -> Result<ExitCode> {
     args.remove(0);
     match command.as_str() {
         "check-features" => {
+            no_arguments("check-features", &args)?;
             for backend in ["wgpu", "cuda"] {
                 eprintln!("xtask: cargo check of the `{backend}` build (target/{backend})");
                 let mut cmd = cargo();
@@ -125,5 +134,26 @@ fn main() -> ExitCode {
             eprintln!("xtask: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn check_features_refuses_an_argument_by_name() {
+        assert!(no_arguments("check-features", &[]).is_ok());
+        let err = no_arguments("check-features", &["--bogus".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("'--bogus'") && err.contains("check-features"), "{err}");
+    }
+
+    #[test]
+    fn backend_is_taken_out_of_the_arguments() {
+        let mut args: Vec<String> = ["--epochs", "1", "--backend", "wgpu"].map(String::from).to_vec();
+        assert_eq!(take_backend(&mut args).unwrap(), "wgpu");
+        assert_eq!(args, ["--epochs", "1"]);
+        let mut bad: Vec<String> = vec!["--backend=tpu".into()];
+        assert!(take_backend(&mut bad).unwrap_err().to_string().contains("tpu"));
     }
 }

@@ -105,6 +105,13 @@ impl DmnnConfig {
     /// # Errors
     /// The first invariant that does not hold, naming the offending values.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        /// The widest layer a configuration may ask for (channels, classes, controller width), and
+        /// the largest input side.
+        const MAX_WIDTH: usize = 1 << 16;
+        /// The most parameters a configuration may have (with the auxiliary heads).
+        const MAX_PARAMS: usize = 1 << 31;
+        /// The most residual blocks of a configuration.
+        const MAX_BLOCKS: usize = 1 << 12;
         let model = || self.name.clone();
         let stages = self.stage_depths.len();
         if stages == 0 {
@@ -147,6 +154,46 @@ impl DmnnConfig {
         if self.controller.as_ref().is_some_and(|c| c.hidden_size == 0) {
             return Err(ConfigError::ControllerWidth { model: model() });
         }
+        if self.image_size == 0 {
+            return Err(ConfigError::ImageSize { model: model(), size: 0 });
+        }
+        if self.image_size > MAX_WIDTH {
+            return Err(ConfigError::TooLarge {
+                model: model(),
+                what: format!("image_size={}", self.image_size),
+                limit: format!("{MAX_WIDTH} pixels"),
+            });
+        }
+        // the sizes are checked before any arithmetic on them can overflow, and before allocation
+        let widest = [self.stem_width, self.num_classes, self.controller.as_ref().map_or(0, |c| c.hidden_size)]
+            .into_iter()
+            .chain(self.stage_widths.iter().copied())
+            .chain(self.path_widths.iter().flatten().copied())
+            .max()
+            .unwrap_or(0);
+        if widest > MAX_WIDTH || self.in_channels > MAX_WIDTH {
+            return Err(ConfigError::TooLarge {
+                model: model(),
+                what: format!("a width of {}", widest.max(self.in_channels)),
+                limit: format!("{MAX_WIDTH} channels"),
+            });
+        }
+        let blocks: usize = self.stage_depths.iter().fold(0, |sum, &d| sum.saturating_add(d));
+        if blocks > MAX_BLOCKS {
+            return Err(ConfigError::TooLarge {
+                model: model(),
+                what: format!("a depth of {blocks} blocks"),
+                limit: format!("{MAX_BLOCKS} blocks"),
+            });
+        }
+        let params = self.cost_unchecked([1, 1]).params_training();
+        if params > MAX_PARAMS {
+            return Err(ConfigError::TooLarge {
+                model: model(),
+                what: format!("{params} parameters"),
+                limit: format!("{MAX_PARAMS} parameters (8 GiB of f32)"),
+            });
+        }
         Ok(())
     }
 
@@ -181,6 +228,12 @@ impl DmnnConfig {
         if let Err(e) = self.validate() {
             panic!("{e}");
         }
+        self.blocks_unchecked()
+    }
+
+    /// [`DmnnConfig::blocks`] of a configuration whose counts are known to be positive (what
+    /// [`DmnnConfig::validate`] itself measures the network with).
+    pub(crate) fn blocks_unchecked(&self) -> Vec<(usize, MultiPathBlockConfig)> {
         let mut channels_in = self.stem_width;
         let mut blocks = Vec::new();
         for (stage, (&depth, &width)) in self.stage_depths.iter().zip(&self.stage_widths).enumerate() {

@@ -89,6 +89,15 @@ impl DmnnConfig {
     /// # Panics
     /// If the configuration is invalid (see [`DmnnConfig::validate`]).
     pub fn cost(&self, image_size: [usize; 2]) -> CostReport {
+        if let Err(e) = self.validate() {
+            panic!("{e}");
+        }
+        self.cost_unchecked(image_size)
+    }
+
+    /// [`DmnnConfig::cost`] without validating first: for [`DmnnConfig::validate`], which
+    /// counts the parameters after checking every count it multiplies.
+    pub(crate) fn cost_unchecked(&self, image_size: [usize; 2]) -> CostReport {
         let [height, width] = image_size;
         let stem = self.stem.conv();
         let k = stem.kernel;
@@ -101,7 +110,7 @@ impl DmnnConfig {
         let mut params_aux = 0;
         let mut blocks = Vec::new();
         let [mut h, mut w] = self.stem_output_size(height, width);
-        let configs = self.blocks();
+        let configs = self.blocks_unchecked();
         let specs = Self::specs_of(&configs);
         for ((stage, block), spec) in configs.into_iter().zip(specs) {
             params_backbone += block.param_count();

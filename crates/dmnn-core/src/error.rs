@@ -77,6 +77,24 @@ pub enum ConfigError {
     /// A label smoothing outside `[0, 1)`.
     #[error("label_smoothing={0} must lie in [0, 1)")]
     LabelSmoothing(f64),
+    /// A network too large to build: its widths or its parameters past what a host can hold.
+    #[error("model '{model}': {what} exceeds {limit} (a network of this size cannot be allocated)")]
+    TooLarge {
+        /// The model's name.
+        model: String,
+        /// What is too large, with its value.
+        what: String,
+        /// The limit.
+        limit: String,
+    },
+    /// An input side of zero pixels.
+    #[error("model '{model}': image_size={size} must be positive")]
+    ImageSize {
+        /// The model's name.
+        model: String,
+        /// The size given.
+        size: usize,
+    },
     /// A name that is not one of the known values.
     #[error("{what} '{value}' is not one of {}", known.join(", "))]
     Unknown {

@@ -223,8 +223,21 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.momentum) {
             return invalid(format!("momentum={} must lie in [0, 1)", self.momentum));
         }
-        if self.weight_decay < 0.0 {
-            return invalid(format!("weight_decay={} must not be negative", self.weight_decay));
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return invalid(format!("weight_decay={} must be a number, not negative", self.weight_decay));
+        }
+        if let Some(clip) = self.grad_clip.filter(|c| !(c.is_finite() && *c > 0.0)) {
+            return invalid(format!("grad_clip={clip} must be a positive number (leave it out for no clipping)"));
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            return invalid(format!("warmup_epochs={} must be a number, not negative", self.warmup_epochs));
+        }
+        if let LrDecay::Step { every_epochs, gamma } = self.lr_decay {
+            if every_epochs == 0 || !(gamma.is_finite() && gamma > 0.0) {
+                return invalid(format!(
+                    "step schedule every_epochs={every_epochs}, gamma={gamma}: both must be positive"
+                ));
+            }
         }
         self.temperature.validate().map_err(dmnn_core::ConfigError::from)?;
         Ok(())

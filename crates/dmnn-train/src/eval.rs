@@ -64,6 +64,22 @@ pub struct EvalRequest {
     pub initial_weights: Option<PathBuf>,
 }
 
+impl EvalRequest {
+    /// Checks the values that need no run directory.
+    ///
+    /// # Errors
+    /// The first value out of its domain, named.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(TrainError::Config("batch_size=0 must be positive".into()));
+        }
+        if self.max_batches == Some(0) {
+            return Err(TrainError::Config("max_batches=0 must be positive (leave it out for every batch)".into()));
+        }
+        Ok(())
+    }
+}
+
 /// What `dmnn eval` measured.
 #[derive(Debug, Clone)]
 pub struct EvalReport {
@@ -88,7 +104,15 @@ pub struct EvalReport {
 /// # Errors
 /// A run directory, dataset or weight file that cannot be used.
 pub fn eval_run<B: AutodiffBackend>(request: &EvalRequest, device: B::Device) -> Result<EvalReport> {
+    request.validate()?;
     let (config, model) = RunDir::new(&request.run).load_model::<B::InnerBackend>(&device)?;
+    if request.recalibrate_batches > 0 && !config.model.is_dynamic() {
+        return Err(TrainError::Config(format!(
+            "recalibrate_batches={}: model '{}' is static (no gates), so there is nothing to recalibrate; \
+             its batch norms already saw every sample",
+            request.recalibrate_batches, config.model.name
+        )));
+    }
     let (model, weights_note) = match &request.initial_weights {
         Some(path) => {
             let (m, note) = initial_weights(model, path, false, &device)?;
@@ -117,6 +141,7 @@ pub fn eval_run<B: AutodiffBackend>(request: &EvalRequest, device: B::Device) ->
             config.model.num_classes
         )));
     }
+    crate::train::check_images(&config, source.as_ref(), "test")?;
     let mut loader_config = LoaderConfig::eval(request.batch_size);
     loader_config.max_batches = request.max_batches;
     let loader = EpochLoader::<B::InnerBackend>::new(source.clone(), loader_config, device.clone());

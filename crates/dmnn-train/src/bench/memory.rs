@@ -44,14 +44,22 @@ impl std::str::FromStr for MemoryCase {
         if !["full", "masked", "sparse"].contains(&mode) {
             return Err(bad(format!("mode '{mode}' is not one of full, masked, sparse")));
         }
-        let number = |what: &str, v: &str| -> Result<f64> {
-            v.parse().map_err(|_| bad(format!("{what} '{v}' is not a number")))
+        let count = |what: &str, v: &str| -> Result<usize> {
+            v.parse()
+                .ok()
+                .filter(|&n: &usize| n > 0)
+                .ok_or_else(|| bad(format!("{what} '{v}' is not a positive integer")))
         };
+        let rate = rate
+            .parse::<f64>()
+            .ok()
+            .filter(|r| (0.0..=1.0).contains(r))
+            .ok_or_else(|| bad(format!("rate '{rate}' is not a number in [0, 1]")))?;
         Ok(Self {
             model: model.to_string(),
-            image_size: number("image_size", size)? as usize,
-            batch: number("batch", batch)? as usize,
-            rate: number("rate", rate)?,
+            image_size: count("image_size", size)?,
+            batch: count("batch", batch)?,
+            rate,
             mode: mode.to_string(),
         })
     }

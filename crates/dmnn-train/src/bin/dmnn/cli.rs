@@ -464,7 +464,7 @@ impl TrainArgs {
         self.data.apply(&mut c, imagenet)?;
         self.model.apply(&mut c, imagenet)?;
         self.gating.apply(&mut c)?;
-        self.optim.apply(&mut c);
+        self.optim.apply(&mut c)?;
         self.run.apply(&mut c);
         derive(&mut c, &self.data, &self.optim, imagenet && self.run.config.is_none());
         c.validate()?;
@@ -501,6 +501,13 @@ impl DataArgs {
                         dir.clone_from(p);
                     }
                 }
+            }
+            if let (Some(size), Some((_, side))) = (self.image_size, c.data.image_format()) {
+                bail!(
+                    "--image-size {size} applies to ImageNet-layout data; the images of {} are {side}x{side} and \
+                     the model takes them as they are",
+                    c.data.path().display()
+                );
             }
             if let DataConfig::FashionMnist { augment, .. } = &mut c.data {
                 if self.no_augment {
@@ -606,7 +613,7 @@ impl GatingArgs {
 }
 
 impl OptimArgs {
-    fn apply(&self, c: &mut TrainConfig) {
+    fn apply(&self, c: &mut TrainConfig) -> Result<()> {
         if let Some(v) = self.epochs {
             c.epochs = v;
         }
@@ -630,8 +637,12 @@ impl OptimArgs {
             Some(LrScheduleArg::Step) => c.lr_decay = LrDecay::Step { every_epochs: 30, gamma: 0.1 },
             None => {}
         }
-        if let (Some(n), LrDecay::Step { every_epochs, .. }) = (self.lr_step_epochs, &mut c.lr_decay) {
-            *every_epochs = n;
+        match (self.lr_step_epochs, &mut c.lr_decay) {
+            (Some(n), LrDecay::Step { every_epochs, .. }) => *every_epochs = n,
+            (Some(n), LrDecay::Cosine) => {
+                bail!("--lr-step-epochs {n} applies to the step schedule; this run's schedule is cosine (--lr-schedule step)")
+            }
+            (None, _) => {}
         }
         if let Some(v) = self.warmup_epochs {
             c.warmup_epochs = v;
@@ -639,6 +650,7 @@ impl OptimArgs {
         if let Some(v) = self.label_smoothing {
             c.objective.label_smoothing = v;
         }
+        Ok(())
     }
 }
 

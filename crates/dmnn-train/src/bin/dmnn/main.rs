@@ -89,8 +89,11 @@ fn cost(args: CostArgs) -> Result<()> {
     if let Some(k) = args.num_classes {
         config.num_classes = k;
     }
-    let size = args.image_size.unwrap_or(config.image_size);
-    print::cost(&config, size, args.json);
+    if let Some(size) = args.image_size {
+        config.image_size = size;
+    }
+    config.validate()?;
+    print::cost(&config, config.image_size, args.json);
     Ok(())
 }
 
