@@ -125,7 +125,7 @@ fn check_data(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Res
 /// Checks that a split holds images, of the size the model takes.
 pub(crate) fn check_images(config: &TrainConfig, source: &dyn ImageSource, what: &str) -> Result<()> {
     let path = config.data.path().display();
-    if source.len() == 0 {
+    if source.is_empty() {
         return Err(TrainError::Config(format!("{what} data at {path} holds no images ({})", source.describe())));
     }
     let (size, channels) = (config.model.image_size, config.model.in_channels);
