@@ -166,11 +166,14 @@ impl TrainConfig {
                 dir: default_fashion_mnist_dir(),
                 augment: SmallAugment { pad_crop: 0, hflip: false },
             },
-            ObjectiveConfig::new().with_target_rate(0.7),
+            // t = 0.68: the executed MACs settle about 0.01 above the target
+            ObjectiveConfig::new().with_target_rate(0.68).with_label_smoothing(0.1),
             6,
             128,
-            0.1,
+            // a short schedule wants a high rate: 0.2 and 0.3 gave 92.42 and 92.69 % (docs/results.md)
+            0.3,
         )
+        .with_nesterov(true)
         .with_weight_decay(5e-4)
         .with_replicas(2)
         .with_warmup_epochs(0.2)

@@ -245,9 +245,12 @@ pub struct OptimArgs {
     /// Weight decay (convolution and linear weights only).
     #[arg(long, help_heading = "Optimizer")]
     pub weight_decay: Option<f64>,
-    /// Nesterov momentum.
+    /// Nesterov momentum (the Fashion-MNIST recipe's default).
     #[arg(long, help_heading = "Optimizer")]
     pub nesterov: bool,
+    /// Plain momentum instead of Nesterov's.
+    #[arg(long, conflicts_with = "nesterov", help_heading = "Optimizer")]
+    pub no_nesterov: bool,
     /// Clip every gradient tensor to this L2 norm.
     #[arg(long, help_heading = "Optimizer")]
     pub grad_clip: Option<f64>,
@@ -626,8 +629,8 @@ impl OptimArgs {
         if let Some(v) = self.weight_decay {
             c.weight_decay = v;
         }
-        if self.nesterov {
-            c.nesterov = true;
+        if self.nesterov || self.no_nesterov {
+            c.nesterov = self.nesterov;
         }
         if self.grad_clip.is_some() {
             c.grad_clip = self.grad_clip;
