@@ -85,6 +85,15 @@ fn tensors(model: &Dmnn<B>) -> Vec<(Vec<usize>, Vec<f32>)> {
     c.0
 }
 
+/// The tensors of the inference network: every one but the controllers' auxiliary heads.
+fn inference_tensors(model: &Dmnn<B>) -> Vec<(Vec<usize>, Vec<f32>)> {
+    let mut model = model.clone();
+    if let Some(controller) = model.controller.as_mut() {
+        controller.blocks.iter_mut().for_each(|b| b.aux_head = None);
+    }
+    tensors(&model)
+}
+
 #[test]
 fn export_then_import_is_bit_identical() {
     let tmp = std::env::temp_dir().join(format!("dmnn-roundtrip-{}", std::process::id()));
@@ -99,7 +108,20 @@ fn export_then_import_is_bit_identical() {
         let path = tmp.join(format!("{}.safetensors", config.name));
         save_torchvision(&model, &path).unwrap();
         let again = load_torchvision(config.init::<B>(&device), &path, ImportOptions::default()).unwrap();
-        assert_eq!(tensors(&model), tensors(&again), "{}: weights differ after the round trip", config.name);
+        // the auxiliary heads are training-only and not exported (DESIGN §4): the rest is exact
+        assert_eq!(
+            inference_tensors(&model),
+            inference_tensors(&again),
+            "{}: weights differ after the round trip",
+            config.name
+        );
+        let bytes = std::fs::read(&path).unwrap();
+        for _ in 0..3 {
+            save_torchvision(&model, &path).unwrap();
+            assert!(std::fs::read(&path).unwrap() == bytes, "{}: two exports differ", config.name);
+        }
+        let keys = dmnn_core::weights::read_checkpoint(&path).unwrap();
+        assert!(!keys.keys().any(|k| k.contains("aux_head")), "{}: an auxiliary head was exported", config.name);
         let after = again.forward_with(x, ForwardOptions::mode(ExecutionMode::Masked)).logits.into_data();
         before.assert_eq(&after, true);
     }
@@ -125,6 +147,32 @@ fn bad_checkpoints_name_the_key() {
     assert!(e.contains("not a PyTorch (.pth) or safetensors checkpoint"), "{e}");
     let e = load_err("no_such_file.pth");
     assert!(e.contains("no_such_file.pth"), "{e}");
+}
+
+/// The reason of an unreadable file is said once, however the error chain is printed (it was
+/// both the message and its source, so `anyhow` printed it twice).
+#[test]
+fn an_unreadable_file_says_its_reason_once() {
+    let model = io("tv_basic").config.init::<B>(&Default::default());
+    let err = load_torchvision(model, &fixture("no_such_file.pth"), ImportOptions::default()).unwrap_err();
+    let mut chain = vec![err.to_string()];
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        chain.push(e.to_string());
+        source = e.source();
+    }
+    let printed = chain.join(": ");
+    assert_eq!(printed.matches("No such file").count(), 1, "{printed}");
+}
+
+/// A checkpoint of another depth has the same class count: the classifier's mismatch is its
+/// feature width, and the hint says so instead of suggesting a new head.
+#[test]
+fn a_checkpoint_of_another_depth_is_not_called_another_class_count() {
+    let model = io("tv_basic").config.init::<B>(&Default::default());
+    let err = load_torchvision(model, &fixture("tv_bottleneck.pth"), ImportOptions::default()).unwrap_err().to_string();
+    assert!(!err.contains("--new-head"), "{err}");
+    assert!(err.contains("another depth or width"), "{err}");
 }
 
 #[test]

@@ -47,12 +47,12 @@ pub enum TrainError {
         reason: String,
     },
     /// A file that cannot be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error, whose message this one includes (not a `source`: it would be printed twice).
+        error: std::io::Error,
     },
     /// A training loss that is not a finite number.
     #[error("training stopped: non-finite loss ({value}) at step {step}; {checkpoint}")]
@@ -72,7 +72,7 @@ pub enum TrainError {
 impl TrainError {
     /// An I/O error on `path`.
     pub fn io(path: &Path, source: std::io::Error) -> Self {
-        Self::Io { path: path.to_path_buf(), source }
+        Self::Io { path: path.to_path_buf(), error: source }
     }
 
     /// A record at `path` that cannot be loaded.

@@ -20,12 +20,12 @@ use crate::network::Dmnn;
 #[derive(Debug, thiserror::Error)]
 pub enum WeightsError {
     /// The file does not exist or cannot be read.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error, whose message this one includes (not a `source`: it would be printed twice).
+        error: std::io::Error,
     },
     /// The file is neither a PyTorch checkpoint nor a safetensors file.
     #[error("{}: not a PyTorch (.pth) or safetensors checkpoint: {reason}", path.display())]
@@ -98,9 +98,9 @@ pub fn read_checkpoint(path: &Path) -> Result<BTreeMap<String, TensorSnapshot>, 
     let head = {
         use std::io::Read;
         let mut f =
-            std::fs::File::open(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
+            std::fs::File::open(path).map_err(|source| WeightsError::Io { path: path.to_path_buf(), error: source })?;
         let mut b = [0u8; 9];
-        let n = f.read(&mut b).map_err(|source| WeightsError::Io { path: path.to_path_buf(), source })?;
+        let n = f.read(&mut b).map_err(|source| WeightsError::Io { path: path.to_path_buf(), error: source })?;
         b[..n].to_vec()
     };
     let not_ckpt = |reason: String| WeightsError::NotACheckpoint { path: path.to_path_buf(), reason };
@@ -170,11 +170,20 @@ pub fn load_torchvision<B: Backend>(
         let want = pytorch_shape(&ours, shape);
         let found = snapshot.shape.to_vec();
         if want != found {
-            if ours.starts_with("fc.") && options.allow_new_head {
+            // the classifier's first dimension is the class count, its second the feature width
+            let other_classes = ours.starts_with("fc.") && want.first() != found.first();
+            if other_classes && options.allow_new_head {
                 continue;
             }
-            let hint = if ours.starts_with("fc.") {
+            let hint = if other_classes {
                 " (another number of classes: pass allow_new_head / --new-head to train a fresh classifier)".to_string()
+            } else if ours == "fc.weight" {
+                format!(
+                    " (the checkpoint's classifier reads {} features, this model's {}: a network of another depth \
+                     or width, not another number of classes)",
+                    found.get(1).copied().unwrap_or(0),
+                    want.get(1).copied().unwrap_or(0)
+                )
             } else {
                 String::new()
             };
@@ -193,7 +202,8 @@ pub fn load_torchvision<B: Backend>(
     }
     for key in expected.keys() {
         let skipped_head = key.starts_with("fc.") && options.allow_new_head;
-        if !provided.contains(key) && !skipped_head {
+        // the auxiliary heads are training-only: a model built with them keeps their fresh values
+        if !provided.contains(key) && !skipped_head && !is_aux_head(key) {
             return Err(WeightsError::MissingKey { path: path.into(), key: dmnn_to_torchvision(key, single_path) });
         }
     }
@@ -225,15 +235,26 @@ impl safetensors::View for &Blob {
     }
 }
 
+/// Whether a dmnn parameter path is a controller's auxiliary category head: trained, never used
+/// at inference (DESIGN §4), so neither exported nor required on import.
+fn is_aux_head(ours: &str) -> bool {
+    ours.starts_with("controller.") && ours.contains(".aux_head.")
+}
+
 /// Writes `model` as safetensors with torchvision key names (plus `num_batches_tracked = 0` for
 /// every batch norm of the backbone, so `torchvision.models.resnet50().load_state_dict` takes a
-/// one-path export strictly).
+/// one-path export strictly). The inference network only: the auxiliary category heads are
+/// left out. The file is a function of the weights: two exports of one model are byte-identical
+/// (tensors in key order, one metadata entry).
 pub fn save_torchvision<B: Backend>(model: &Dmnn<B>, path: &Path) -> Result<(), WeightsError> {
     let single_path = model.config.num_paths == 1;
     let write_err = |reason: String| WeightsError::Write { path: path.into(), reason };
     let mut blobs: BTreeMap<String, Blob> = BTreeMap::new();
     for snapshot in model.collect(None, Some(Box::new(BurnToPyTorchAdapter)), true) {
         let ours = snapshot.full_path();
+        if is_aux_head(&ours) {
+            continue;
+        }
         let data: TensorData = snapshot.to_data().map_err(|e| write_err(format!("{ours}: {e:?}")))?.convert::<f32>();
         let key = dmnn_to_torchvision(&ours, single_path);
         if key.ends_with(".running_var") && !key.starts_with("controller.") {
@@ -246,8 +267,8 @@ pub fn save_torchvision<B: Backend>(model: &Dmnn<B>, path: &Path) -> Result<(), 
         let shape = data.shape.to_vec();
         blobs.insert(key, Blob { dtype: safetensors::Dtype::F32, shape, bytes: data.into_bytes().to_vec() });
     }
-    let metadata: HashMap<String, String> =
-        [("format".to_string(), "pt".to_string()), ("dmnn_model".to_string(), model.config.name.clone())].into();
+    // one entry: safetensors writes its metadata map in the map's (random) iteration order
+    let metadata: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let tmp = path.with_extension("safetensors.tmp");
     safetensors::serialize_to_file(blobs.iter().map(|(k, b)| (k.clone(), b)), Some(metadata), &tmp)
         .map_err(|e| write_err(e.to_string()))?;

@@ -49,12 +49,12 @@ pub enum DataError {
         reason: String,
     },
     /// An I/O error on a file.
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         /// The file.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error, whose message this one includes (not a `source`: it would be printed twice).
+        error: std::io::Error,
     },
 }
 
@@ -65,7 +65,7 @@ impl DataError {
             if source.kind() == std::io::ErrorKind::NotFound {
                 Self::Missing { what: "file".into(), path }
             } else {
-                Self::Io { path, source }
+                Self::Io { path, error: source }
             }
         }
     }
