@@ -37,7 +37,8 @@ pub fn initial_weights<B: Backend>(
                 model.config.name
             ))
         })?;
-        return Ok((model.load_record(record), format!("initial weights: dmnn record {}", file.display())));
+        let model = crate::run::load_record_checked(model, record, &file)?;
+        return Ok((model, format!("initial weights: dmnn record {}", file.display())));
     }
     let options = ImportOptions { allow_new_head: new_head };
     if model.config.num_paths == 1 {

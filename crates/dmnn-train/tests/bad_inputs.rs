@@ -92,6 +92,17 @@ fn eval_values_out_of_their_domain_are_clean_errors() {
         &["eval", "--checkpoint", static_dir.to_str().unwrap(), "--recalibrate-batches", "2"],
         "is static (no gates)",
     );
+
+    // a record of another architecture: resnet_small's weights where dmnn_small's belong
+    let other = static_dir.join("model.mpk");
+    let mut args = quick_fashion_args(&tmp.path().join("from-other"), 1);
+    args.extend(["--initial-weights".to_string(), other.display().to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    refused(&args, "was written for another architecture");
+    std::fs::copy(&other, run_dir.join("model.mpk")).unwrap();
+    refused(&["eval", "--checkpoint", dir], "model.mpk was written for another architecture");
+    let out = tmp.path().join("x.safetensors");
+    refused(&["export", "--checkpoint", dir, "--out", out.to_str().unwrap()], "was written for another architecture");
 }
 
 #[test]

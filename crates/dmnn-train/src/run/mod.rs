@@ -18,7 +18,6 @@ mod renderer;
 
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
 use burn::record::Recorder;
 use burn::tensor::backend::Backend;
 use dmnn_core::Dmnn;
@@ -126,7 +125,7 @@ impl RunDir {
         let damaged = |path: &Path, e| TrainError::record(&path.with_extension("mpk"), e);
         let model = if final_path.with_extension("mpk").is_file() {
             let record = AtomicRecorder.load(final_path.clone(), device).map_err(|e| damaged(&final_path, e))?;
-            model.load_record(record)
+            load_record_checked(model, record, &final_path)?
         } else {
             let epoch = self.latest_checkpoint().ok_or_else(|| TrainError::NotARun {
                 path: self.root.clone(),
@@ -135,7 +134,7 @@ impl RunDir {
             let path = self.checkpoint("model", epoch);
             let wrapper = DmnnClassifier::for_inference(model, config.objective.clone());
             let record = AtomicRecorder.load(path.clone(), device).map_err(|e| damaged(&path, e))?;
-            wrapper.load_record(record).model
+            load_record_checked(wrapper, record, &path)?.model
         };
         Ok((config, model))
     }

@@ -136,6 +136,57 @@ fn migrate_recurrent(entries: &mut Vec<(rmpv::Value, rmpv::Value)>) -> bool {
     true
 }
 
+/// The shapes of a module's parameters, in visiting order.
+struct ParamShapes(Vec<Vec<usize>>);
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for ParamShapes {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+        self.0.push(param.val().dims().to_vec());
+    }
+}
+
+fn param_shapes<B: Backend, M: burn::module::Module<B>>(module: &M) -> Vec<Vec<usize>> {
+    let mut shapes = ParamShapes(Vec::new());
+    module.visit(&mut shapes);
+    shapes.0
+}
+
+/// Loads `record` (read from `file`) into `module`, refusing a record written for another
+/// architecture with an error naming the file. Burn panics when a record's lists (blocks, paths)
+/// have other lengths than the module's and takes tensors of other shapes without a word; here
+/// the first is caught and the second compared parameter by parameter.
+///
+/// # Errors
+/// A record of another architecture.
+pub fn load_record_checked<B: Backend, M: burn::module::Module<B>>(
+    module: M,
+    record: M::Record,
+    file: &std::path::Path,
+) -> crate::error::Result<M> {
+    let another = |why: String| {
+        crate::error::TrainError::Other(format!(
+            "{} was written for another architecture than this model's: {why}",
+            file.with_extension("mpk").display()
+        ))
+    };
+    let expected = param_shapes(&module);
+    // Burn's length check is an assertion; its message would only repeat ours
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.load_record(record)));
+    std::panic::set_hook(hook);
+    let loaded = loaded.map_err(|_| another("it holds other numbers of blocks, paths or layers".into()))?;
+    let found = param_shapes(&loaded);
+    if let Some(i) = (0..expected.len().max(found.len())).find(|&i| expected.get(i) != found.get(i)) {
+        return Err(another(format!(
+            "parameter {i} has shape {:?} there, {:?} here",
+            found.get(i).cloned().unwrap_or_default(),
+            expected.get(i).cloned().unwrap_or_default()
+        )));
+    }
+    Ok(loaded)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
