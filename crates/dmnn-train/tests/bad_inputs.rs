@@ -130,3 +130,18 @@ fn idx_files_with_bad_headers_or_splits_are_clean_errors() {
         assert!(msg.contains("t10k-images") || msg.contains(&*dir.to_string_lossy()), "{name}: names no file: {msg}");
     }
 }
+
+/// Each command's help is its own: `train-imagenet` has no `--dataset` (it is always
+/// ImageNet), no small-dataset augmentation switches, and needs `--data`.
+#[test]
+fn help_texts_describe_their_own_command() {
+    let help = text(&run(dmnn().arg("--help")));
+    assert!(help.contains("Dynamic Multi-path Neural Networks: train, evaluate and measure"), "{help}");
+    assert!(!help.contains("Training, evaluation and datasets for dmnn"), "the library's description: {help}");
+    let imagenet = text(&run(dmnn().args(["train-imagenet", "--help"])));
+    assert!(!imagenet.contains("--dataset") && !imagenet.contains("--no-augment"), "{imagenet}");
+    assert!(imagenet.contains("ImageNet root, with train/<wnid>/ and val/"), "{imagenet}");
+    let train = text(&run(dmnn().args(["train", "--help"])));
+    assert!(train.contains("--dataset") && train.contains("--no-augment"), "{train}");
+    refused(&["train-imagenet", "--epochs", "1"], "--data <DATA>");
+}

@@ -33,6 +33,14 @@ pub enum Command {
     /// Train on the embedded Fashion-MNIST (the main job): no arguments needed.
     Train(TrainArgs),
     /// Train on ImageNet from a local directory with the ImageNet recipe.
+    #[command(
+        mut_arg("data", |a| a
+            .help("ImageNet root, with train/<wnid>/ and val/ (docs/training.md)")
+            .required_unless_present_any(["config", "resume"])),
+        mut_arg("dataset", |a| a.hide(true)),
+        mut_arg("augment", |a| a.hide(true)),
+        mut_arg("no_augment", |a| a.hide(true))
+    )]
     TrainImagenet(TrainArgs),
     /// Evaluate a run: top-1/top-5 error, params, GMACs mean ± std, per-block open rates.
     Eval(EvalArgs),
