@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use burn::record::{FileRecorder, FullPrecisionSettings, Recorder, RecorderError};
+use burn::record::{BurnRecord, FileRecorder, FullPrecisionSettings, Record, Recorder, RecorderError};
 use burn::tensor::backend::Backend;
 use serde::{de::DeserializeOwned, Serialize};
 
@@ -36,13 +36,26 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
         write_atomic(&path, &bytes).map_err(|e| RecorderError::Unknown(format!("{}: {e}", path.display())))
     }
 
+    /// Burn's `load` without its panic: turning the decoded item into tensors asserts on values
+    /// a damaged file can hold (a parameter id that is not one), so that step runs guarded. Burn's
+    /// "the format has changed since 0.14" hint is left out too: for a damaged file it misleads.
+    fn load<R: Record<B>>(&self, mut file: PathBuf, device: &B::Device) -> Result<R, RecorderError> {
+        let item: BurnRecord<R::Item<FullPrecisionSettings>, B> = Recorder::<B>::load_item(self, &mut file)?;
+        quietly(|| R::from_item(item.item, device)).map_err(|()| {
+            RecorderError::DeserializeError(format!(
+                "{}: a value of the record is not what its type accepts (damaged file)",
+                file.with_extension("mpk").display()
+            ))
+        })
+    }
+
     fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
         let path = file.with_extension("mpk");
         let bytes = std::fs::read(&path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => RecorderError::FileNotFound(path.display().to_string()),
             _ => RecorderError::Unknown(format!("{}: {e}", path.display())),
         })?;
-        let first = match rmp_serde::from_slice::<I>(&bytes) {
+        let first = match decode::<I>(&bytes) {
             Ok(item) => return Ok(item),
             Err(e) => e,
         };
@@ -54,12 +67,29 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
             })?
         });
         match migrated {
-            Some(bytes) => {
-                rmp_serde::from_slice::<I>(&bytes).map_err(|e| RecorderError::DeserializeError(e.to_string()))
-            }
-            None => Err(RecorderError::DeserializeError(first.to_string())),
+            Some(bytes) => decode::<I>(&bytes).map_err(RecorderError::DeserializeError),
+            None => Err(RecorderError::DeserializeError(first)),
         }
     }
+}
+
+/// Decodes a MessagePack record. Some of Burn's `Deserialize` impls panic on a value they do not
+/// accept (a parameter id that is not an id: "Invalid id."); a damaged file is an error here.
+fn decode<I: DeserializeOwned>(bytes: &[u8]) -> Result<I, String> {
+    match quietly(|| rmp_serde::from_slice::<I>(bytes)) {
+        Ok(decoded) => decoded.map_err(|e| e.to_string()),
+        Err(()) => Err("a value of the record is not what its type accepts (damaged file)".into()),
+    }
+}
+
+/// Runs `f`, turning a panic into `Err(())` without printing it: for Burn's assertions on
+/// damaged or mismatched records, whose messages ours replace.
+fn quietly<R>(f: impl FnOnce() -> R) -> Result<R, ()> {
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(hook);
+    result.map_err(|_| ())
 }
 
 /// Rewrites, in place, a record written before the layout changes of dmnn 0.1 (commit 65f1d8b
@@ -171,11 +201,8 @@ pub fn load_record_checked<B: Backend, M: burn::module::Module<B>>(
     };
     let expected = param_shapes(&module);
     // Burn's length check is an assertion; its message would only repeat ours
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|_| {}));
-    let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| module.load_record(record)));
-    std::panic::set_hook(hook);
-    let loaded = loaded.map_err(|_| another("it holds other numbers of blocks, paths or layers".into()))?;
+    let loaded = quietly(|| module.load_record(record))
+        .map_err(|()| another("it holds other numbers of blocks, paths or layers".into()))?;
     let found = param_shapes(&loaded);
     if let Some(i) = (0..expected.len().max(found.len())).find(|&i| expected.get(i) != found.get(i)) {
         return Err(another(format!(
