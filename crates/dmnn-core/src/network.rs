@@ -173,6 +173,8 @@ impl<B: Backend> Dmnn<B> {
         let fast_paths = options.fast_paths.unwrap_or_else(|| FastPaths::probe::<B>(&device));
         let kernels = Kernels::new(&device, batch_size, fast_paths).with_autodiff_kernels(options.autodiff_kernels);
         let cost = self.cost([height, width]);
+        // given gates replace the controllers: they do not run, and their MACs are not counted
+        let controllers_run = options.gates.is_none() && self.controller.is_some();
         let mut fixed_gates = options.gates.map(Vec::into_iter);
         let mut noise = options.noise.map(Vec::into_iter);
 
@@ -208,7 +210,8 @@ impl<B: Backend> Dmnn<B> {
             x = run_block(mode, block, x, gates, &kernels);
         }
         let logits = x.rows_to_caller(|t| self.forward_head(t));
-        let macs = gated_macs.clone().add_scalar(cost.ungated_macs() as f64);
+        let ungated = cost.ungated_macs() - if controllers_run { 0 } else { cost.controller_macs() };
+        let macs = gated_macs.clone().add_scalar(ungated as f64);
         DmnnOutput { logits, aux_logits, gates: all_gates, gated_macs, macs, cost }
     }
 }

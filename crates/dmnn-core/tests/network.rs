@@ -97,8 +97,27 @@ fn all_gates_off_turns_blocks_into_relu_of_shortcut() {
     for mode in [ExecutionMode::Masked, ExecutionMode::Sparse] {
         let out = model.forward_with(x.clone(), ForwardOptions::mode(mode).with_gates(zeros.clone()));
         out.logits.into_data().assert_approx_eq::<f32>(&expected, Tolerance::absolute(1e-5));
-        let ungated = out.cost.ungated_macs() as f32;
+        // given gates replace the controllers, which do not run and are not counted
+        let ungated = (out.cost.ungated_macs() - out.cost.controller_macs()) as f32;
         out.macs.into_data().assert_eq(&TensorData::from([ungated; 3]), false);
+    }
+}
+
+/// The MACs of a pass count the controllers exactly when they run: with gates of their own,
+/// not with gates given by the caller (which used to be counted as if the controllers ran).
+#[test]
+fn controller_macs_are_counted_when_the_controllers_run() {
+    let device = Default::default();
+    let model = tiny(PrevState::Gru, true).init::<B>(&device);
+    let x = images(3, &device);
+    let own = model.forward_with(x.clone(), ForwardOptions::mode(ExecutionMode::Masked));
+    let given = model.forward_with(x, ForwardOptions::mode(ExecutionMode::Masked).with_gates(own.gates.clone()));
+    let controllers = own.cost.controller_macs() as f32;
+    assert!(controllers > 0.0);
+    let own_macs: Vec<f32> = own.macs.into_data().to_vec().unwrap();
+    let given_macs: Vec<f32> = given.macs.into_data().to_vec().unwrap();
+    for (o, g) in own_macs.iter().zip(&given_macs) {
+        assert_eq!(o - g, controllers, "same gates: the difference is the controllers' MACs");
     }
 }
 

@@ -281,7 +281,7 @@ pub fn run_bench<B: AutodiffBackend>(
                 ms_median,
                 ms_min,
                 macs_ratio,
-                efficiency: ratio_to_full.filter(|_| macs_ratio < 0.999).map(|r| (1.0 - r) / (1.0 - macs_ratio)),
+                efficiency: ratio_to_full.filter(|_| rate < 1.0).map(|r| (1.0 - r) / (1.0 - macs_ratio)),
                 ratio_to_full,
             };
             emit(row(1.0, "full", (full_median, full_min), 1.0, None));
