@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::backend::Flex;
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Tensor, TensorData};
-use dmnn_core::weights::{load_torchvision, save_torchvision, ImportOptions, WeightsError};
+use dmnn_core::weights::{load_torchvision, load_torchvision_into, save_torchvision, ImportOptions, WeightsError};
 use dmnn_core::{BlockKind, Dmnn, DmnnConfig, ExecutionMode, ForwardOptions};
 
 type B = Flex;
@@ -147,6 +147,23 @@ fn bad_checkpoints_name_the_key() {
     assert!(e.contains("not a PyTorch (.pth) or safetensors checkpoint"), "{e}");
     let e = load_err("no_such_file.pth");
     assert!(e.contains("no_such_file.pth"), "{e}");
+}
+
+/// A failed load leaves the model as it was (`load_torchvision` takes it by value, so a failed
+/// load used to lose it); a good one loads.
+#[test]
+fn a_failed_load_into_a_model_keeps_it() {
+    let io = io("tv_basic");
+    let mut model = io.config.init::<B>(&Default::default());
+    let _ = model.forward(io.input.clone()); // initialise the lazy parameters
+    let before = tensors(&model);
+    for bad in ["tv_basic_missing.safetensors", "tv_basic_shape.safetensors", "tv_bottleneck.pth", "no_such_file.pth"] {
+        assert!(load_torchvision_into(&mut model, &fixture(bad), ImportOptions::default()).is_err(), "{bad}");
+        assert_eq!(tensors(&model), before, "{bad} changed the model");
+    }
+    load_torchvision_into(&mut model, &fixture("tv_basic.pth"), ImportOptions::default()).unwrap();
+    let logits: Vec<f32> = model.forward(io.input.clone()).logits.into_data().to_vec().unwrap();
+    assert_close(&logits, &io.logits, "tv_basic.pth");
 }
 
 /// The reason of an unreadable file is said once, however the error chain is printed (it was

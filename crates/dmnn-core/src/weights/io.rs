@@ -142,7 +142,8 @@ fn pytorch_shape(key: &str, shape: &[usize]) -> Vec<usize> {
     }
 }
 
-/// Loads a torchvision-format checkpoint (or a dmnn export) into `model`.
+/// Loads a torchvision-format checkpoint (or a dmnn export) into `model` and returns it
+/// ([`load_torchvision_into`] keeps the model when the load fails).
 ///
 /// # Errors
 /// An unreadable file, a key the model does not have, a missing key or a tensor of the wrong
@@ -152,6 +153,21 @@ pub fn load_torchvision<B: Backend>(
     path: &Path,
     options: ImportOptions,
 ) -> Result<Dmnn<B>, WeightsError> {
+    load_torchvision_into(&mut model, path, options)?;
+    Ok(model)
+}
+
+/// [`load_torchvision`] in place: on success `model` holds the checkpoint's weights; on an error
+/// it is left as it was (the weights are applied to a copy that replaces it only when every
+/// tensor loaded).
+///
+/// # Errors
+/// As [`load_torchvision`].
+pub fn load_torchvision_into<B: Backend>(
+    model: &mut Dmnn<B>,
+    path: &Path,
+    options: ImportOptions,
+) -> Result<(), WeightsError> {
     let file = read_checkpoint(path)?;
     let expected: BTreeMap<String, Vec<usize>> =
         model.collect(None, None, true).into_iter().map(|s| (s.full_path(), s.shape.to_vec())).collect();
@@ -207,11 +223,13 @@ pub fn load_torchvision<B: Backend>(
             return Err(WeightsError::MissingKey { path: path.into(), key: dmnn_to_torchvision(key, single_path) });
         }
     }
-    let result = model.apply(renamed, None, Some(Box::new(PyTorchToBurnAdapter)), true);
+    let mut loaded = model.clone();
+    let result = loaded.apply(renamed, None, Some(Box::new(PyTorchToBurnAdapter)), true);
     if let Some(e) = result.errors.first() {
         return Err(WeightsError::NotACheckpoint { path: path.into(), reason: e.to_string() });
     }
-    Ok(model)
+    *model = loaded;
+    Ok(())
 }
 
 struct Blob {

@@ -2,7 +2,8 @@
 //! and a multi-path network started from a ResNet.
 //!
 //! - [`keys`]: the key rules between torchvision and dmnn, both ways.
-//! - [`load_torchvision`], [`save_torchvision`], [`read_checkpoint`]: the files.
+//! - [`load_torchvision`] (and [`load_torchvision_into`], which keeps the model on an error),
+//!   [`save_torchvision`], [`read_checkpoint`]: the files.
 //! - [`init_from_resnet`]: the paths of a DMNN sliced from a one-path ResNet.
 //!
 //! Linear weights are transposed by burn-store's PyTorch adapters. Multi-path models export
