@@ -103,6 +103,14 @@ fn eval_values_out_of_their_domain_are_clean_errors() {
     refused(&["eval", "--checkpoint", dir], "model.mpk was written for another architecture");
     let out = tmp.path().join("x.safetensors");
     refused(&["export", "--checkpoint", dir, "--out", out.to_str().unwrap()], "was written for another architecture");
+    let init_out = tmp.path().join("init");
+    refused(
+        &["init-from-torchvision", "--weights", other.to_str().unwrap(), "--model", "dmnn_small", "--out"]
+            .into_iter()
+            .chain([init_out.to_str().unwrap()])
+            .collect::<Vec<_>>(),
+        "was written for another architecture",
+    );
 }
 
 #[test]
