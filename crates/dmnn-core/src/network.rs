@@ -99,7 +99,9 @@ impl<B: Backend> Dmnn<B> {
 
     /// The analytic cost at `[height, width]`.
     pub fn cost(&self, image_size: [usize; 2]) -> CostReport {
-        self.config.cost(image_size)
+        // the configuration was validated when the network was built from it; every forward pass
+        // asks for its cost, so the validation (which measures the network too) is not repeated
+        self.config.cost_unchecked(image_size)
     }
 
     /// Parameters of the backbone (without controllers), counted on the module.
