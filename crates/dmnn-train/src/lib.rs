@@ -9,6 +9,7 @@
 //! - [`eval`], [`init`]: evaluation of a run, starting weights.
 //! - [`run`]: the run directory, its recorder, log and renderers.
 //! - [`data`]: datasets and the reproducible loader.
+//! - [`report`], [`sweep`]: figures and a markdown report of runs; grids of runs.
 //! - [`bench`](mod@bench): the benchmark.
 #![warn(missing_docs)]
 
@@ -19,9 +20,11 @@ pub mod error;
 pub mod eval;
 pub mod init;
 pub mod metrics;
+pub mod report;
 pub mod run;
 pub mod schedule;
 pub mod step;
+pub mod sweep;
 pub mod train;
 
 pub use error::{Result, TrainError};

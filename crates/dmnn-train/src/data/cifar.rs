@@ -9,6 +9,9 @@ use std::path::Path;
 
 use super::{DataError, InMemoryImages, Split};
 
+/// The CIFAR-10 class names, in label order.
+pub const CIFAR10_CLASSES: [&str; 10] =
+    ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"];
 /// Per-channel mean of CIFAR-10 training images.
 pub const CIFAR10_MEAN: [f32; 3] = [0.4914, 0.4822, 0.4465];
 /// Per-channel standard deviation of CIFAR-10 training images.
@@ -74,7 +77,7 @@ pub fn cifar(dir: &Path, split: Split) -> Result<InMemoryImages, DataError> {
         return Err(DataError::format(&dir, format!("label {bad} outside 0..{classes}")));
     }
     let split_name = if split == Split::Train { "train" } else { "test" };
-    Ok(InMemoryImages::new(
+    let images = InMemoryImages::new(
         format!("{name} {split_name}"),
         pixels,
         labels,
@@ -83,7 +86,8 @@ pub fn cifar(dir: &Path, split: Split) -> Result<InMemoryImages, DataError> {
         mean.to_vec(),
         std.to_vec(),
     )
-    .with_augment(super::SmallAugment { pad_crop: 4, hflip: true }))
+    .with_augment(super::SmallAugment { pad_crop: 4, hflip: true });
+    Ok(if hundred { images } else { images.with_class_names(&CIFAR10_CLASSES) })
 }
 
 #[cfg(test)]

@@ -126,7 +126,8 @@ pub fn fashion_mnist(dir: &Path, split: Split) -> Result<InMemoryImages, DataErr
         10,
         vec![FASHION_MNIST_MEAN],
         vec![FASHION_MNIST_STD],
-    ))
+    )
+    .with_class_names(&FASHION_MNIST_CLASSES))
 }
 
 #[cfg(test)]

@@ -404,6 +404,10 @@ impl ImageSource for ImageFolder {
             self.classes.len()
         )
     }
+
+    fn class_names(&self) -> Vec<String> {
+        self.classes.clone()
+    }
 }
 
 #[cfg(test)]

@@ -36,6 +36,15 @@ pub trait ImageSource: Send + Sync {
 
     /// A short description of the dataset for logs.
     fn describe(&self) -> String;
+    /// Per-channel mean and standard deviation (of pixel / 255) that [`ImageSource::load`]
+    /// normalised with: what turns a loaded image back into colours (reports).
+    fn normalisation(&self) -> (Vec<f32>, Vec<f32>) {
+        (crate::data::IMAGENET_MEAN.to_vec(), crate::data::IMAGENET_STD.to_vec())
+    }
+    /// The name of every class, in label order (numbers where the dataset has no names).
+    fn class_names(&self) -> Vec<String> {
+        (0..self.num_classes()).map(|c| c.to_string()).collect()
+    }
 }
 
 /// Training augmentation of small in-memory images.
@@ -64,6 +73,7 @@ pub struct InMemoryImages {
     mean: Vec<f32>,
     std: Vec<f32>,
     augment: SmallAugment,
+    class_names: Option<Vec<String>>,
 }
 
 impl InMemoryImages {
@@ -88,12 +98,32 @@ impl InMemoryImages {
         if let Some(bad) = labels.iter().find(|&&l| l as usize >= num_classes) {
             panic!("label {bad} out of range for {num_classes} classes");
         }
-        Self { name: name.into(), pixels, labels, shape, num_classes, mean, std, augment: SmallAugment::default() }
+        Self {
+            name: name.into(),
+            pixels,
+            labels,
+            shape,
+            num_classes,
+            mean,
+            std,
+            augment: SmallAugment::default(),
+            class_names: None,
+        }
     }
 
     /// Sets the training augmentation.
     pub fn with_augment(mut self, augment: SmallAugment) -> Self {
         self.augment = augment;
+        self
+    }
+
+    /// Names the classes (one name per class, in label order).
+    ///
+    /// # Panics
+    /// If there is not one name per class.
+    pub fn with_class_names(mut self, names: &[&str]) -> Self {
+        assert_eq!(names.len(), self.num_classes, "one name per class");
+        self.class_names = Some(names.iter().map(|n| n.to_string()).collect());
         self
     }
 
@@ -158,6 +188,17 @@ impl ImageSource for InMemoryImages {
     fn describe(&self) -> String {
         let [c, h, w] = self.shape;
         format!("{} ({} images, {c}x{h}x{w}, {} classes)", self.name, self.len(), self.num_classes)
+    }
+
+    fn normalisation(&self) -> (Vec<f32>, Vec<f32>) {
+        (self.mean.clone(), self.std.clone())
+    }
+
+    fn class_names(&self) -> Vec<String> {
+        match &self.class_names {
+            Some(names) => names.clone(),
+            None => (0..self.num_classes).map(|c| c.to_string()).collect(),
+        }
     }
 }
 
