@@ -8,6 +8,8 @@
 //! cargo xtask bench [--backend cuda] [--out results/x.csv] [--compare-pytorch] [--train] [--pipeline]
 //! cargo xtask init-from-torchvision --weights resnet50.pth --model dmnn50 --out runs/init
 //! cargo xtask export --checkpoint runs/... --out model.safetensors
+//! cargo xtask report --run runs/A [--run runs/B ...] [--out DIR]
+//! cargo xtask sweep --config studies/fashion-mnist.toml
 //! cargo xtask check-features                 # cargo check of the wgpu and cuda builds
 //! ```
 //!
@@ -19,8 +21,8 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
-const DMNN_COMMANDS: [&str; 7] =
-    ["train", "train-imagenet", "eval", "cost", "bench", "init-from-torchvision", "export"];
+const DMNN_COMMANDS: [&str; 9] =
+    ["train", "train-imagenet", "eval", "cost", "bench", "init-from-torchvision", "export", "report", "sweep"];
 /// Commands that run on the CPU build whatever the backend.
 const CPU_ONLY: [&str; 3] = ["cost", "init-from-torchvision", "export"];
 const BACKENDS: [&str; 3] = ["cpu", "wgpu", "cuda"];

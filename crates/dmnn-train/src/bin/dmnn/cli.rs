@@ -52,6 +52,44 @@ pub enum Command {
     Export(ExportArgs),
     /// Sparse vs Masked vs static inference time, training throughput, ResNet-50 references.
     Bench(BenchArgs),
+    /// Figures and a report.md of run directories: error vs GMACs, easy and hard images, gate
+    /// maps, GMACs histogram, training curves.
+    Report(ReportArgs),
+    /// Runs a grid of training runs one after another (skips finished runs, resumes a stopped
+    /// one), then reports on all of them.
+    Sweep(SweepArgs),
+}
+
+/// Arguments of `report`.
+#[derive(Args, Debug, Clone)]
+pub struct ReportArgs {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// A finished run directory (repeat for several).
+    #[arg(long = "run", required = true)]
+    pub runs: Vec<PathBuf>,
+    /// Output directory (default: `report/` in the run directory for one run, beside the runs for several).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// The report's title.
+    #[arg(long)]
+    pub title: Option<String>,
+}
+
+/// Arguments of `sweep`.
+#[derive(Args, Debug, Clone)]
+pub struct SweepArgs {
+    #[allow(missing_docs)]
+    #[command(flatten)]
+    pub backend: BackendArgs,
+    /// The grid (TOML or JSON: out, seeds, epochs, args, [[group]] models × target_rates ×
+    /// controllers × width_mults).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// List the runs and where each stands; train nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// How the controllers hand their state from block to block.

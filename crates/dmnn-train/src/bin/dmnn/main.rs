@@ -24,7 +24,9 @@ use dmnn_train::run::{load_run_model, RunDir};
 use dmnn_train::train::{train, RunOptions};
 
 use backend::{dispatch, BackendJob};
-use cli::{BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, TrainArgs};
+use cli::{BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, ReportArgs, SweepArgs, TrainArgs};
+use dmnn_train::report::{write_report, ReportRequest};
+use dmnn_train::sweep::{check_same_run, run_state, Grid, RunState, SweepLock};
 
 // Burn's CPU backend allocates a fresh buffer for every op; with glibc's default thresholds the
 // large ones are mmap'd and unmapped each time (page faults, TLB shootdowns). mimalloc keeps them
@@ -52,6 +54,11 @@ fn main() {
             let backend = args.backend.clone();
             dispatch(backend.backend, backend.device, EvalJob(args))
         }
+        Command::Report(args) => {
+            let backend = args.backend.clone();
+            dispatch(backend.backend, backend.device, ReportJob(args))
+        }
+        Command::Sweep(args) => sweep(args),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
@@ -118,10 +125,114 @@ impl BackendJob for TrainJob {
 
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
         let options = RunOptions { out: self.out, plain: self.plain, backend: name.to_string() };
-        let (summary, dir) = train::<B>(self.config, device, options, self.resume)?;
+        let (summary, dir) = train::<B>(self.config, device.clone(), options, self.resume)?;
         print::train_summary(&summary, dir.root());
+        // the report is the run's picture, not its result: a failure to draw it is said, and
+        // the trained run stands
+        let request = ReportRequest { runs: vec![dir.root().to_path_buf()], out: None, title: None };
+        match write_report::<B::InnerBackend>(&request, &device, &|_| {}) {
+            Ok(report) => println!("  report          {}", report.markdown.display()),
+            Err(e) => eprintln!("warning: the run finished, but its report could not be written: {e}"),
+        }
         Ok(())
     }
+}
+
+struct ReportJob(ReportArgs);
+
+impl BackendJob for ReportJob {
+    type Output = ();
+
+    fn run<B: AutodiffBackend>(self, device: B::Device, _name: &str) -> Result<()> {
+        let args = self.0;
+        let request = ReportRequest { runs: args.runs, out: args.out, title: args.title };
+        let report = write_report::<B::InnerBackend>(&request, &device, &|m| eprintln!("{m}"))?;
+        println!(
+            "report: {} ({} figures in {})",
+            report.markdown.display(),
+            report.figures.len(),
+            report.dir.display()
+        );
+        Ok(())
+    }
+}
+
+/// `dmnn sweep`: every run of the grid in turn, each through the same path as `dmnn train`.
+fn sweep(args: SweepArgs) -> Result<()> {
+    let grid = Grid::read(&args.config)?;
+    let runs = grid.runs();
+    let backend = format!("{:?}", args.backend.backend).to_lowercase();
+    let parse = |argv: &[String]| -> Result<TrainArgs> {
+        let mut full = vec!["dmnn".to_string()];
+        full.extend(argv.iter().cloned());
+        full.extend(["--backend".into(), backend.clone()]);
+        if let Some(d) = args.backend.device {
+            full.extend(["--device".into(), d.to_string()]);
+        }
+        match Cli::try_parse_from(&full).map_err(|e| anyhow::anyhow!("{e}"))?.command {
+            Command::Train(t) => Ok(t),
+            _ => unreachable!("a sweep run is a `train` command"),
+        }
+    };
+    if args.dry_run {
+        for (i, run) in runs.iter().enumerate() {
+            println!("[{}/{}] {:?}: dmnn {}", i + 1, runs.len(), run_state(&run.dir), run.args.join(" "));
+        }
+        return Ok(());
+    }
+    let _lock = SweepLock::take(&grid.out)?;
+    let log_path = grid.out.join("sweep.log");
+    let log = |line: &str| {
+        println!("{line}");
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&log_path) {
+            let _ = writeln!(f, "{} {line}", dmnn_train::run::timestamp());
+        }
+    };
+    for (i, run) in runs.iter().enumerate() {
+        let at = format!("[{}/{}] {}", i + 1, runs.len(), run.name);
+        let train_args = parse(&run.args).with_context(|| format!("{at}: the grid's arguments"))?;
+        let expected = train_args.resolve(false).with_context(|| format!("{at}: the grid's arguments"))?;
+        let state = run_state(&run.dir);
+        if state != RunState::New && run.dir.join("config.json").is_file() {
+            check_same_run(&run.dir, &expected)?;
+        }
+        match state {
+            RunState::Finished => {
+                log(&format!("{at}: finished before, skipped"));
+                continue;
+            }
+            RunState::Resumable(k) => {
+                log(&format!("{at}: resuming from the checkpoint of epoch {k}"));
+                let resume = vec!["train".into(), "--plain".into(), "--resume".into(), run.dir.display().to_string()];
+                run_train(parse(&resume)?, false).with_context(|| at.clone())?;
+            }
+            RunState::Started | RunState::New => {
+                if state == RunState::Started {
+                    let has_config = run.dir.join("config.json").is_file();
+                    let empty = std::fs::read_dir(&run.dir).map(|mut d| d.next().is_none()).unwrap_or(false);
+                    if !has_config && !empty {
+                        anyhow::bail!("{at}: {} exists and is not a run of this grid; move it away", run.dir.display());
+                    }
+                    log(&format!("{at}: stopped before its first checkpoint; starting it again"));
+                    std::fs::remove_dir_all(&run.dir).with_context(|| format!("removing {}", run.dir.display()))?;
+                } else {
+                    log(&format!("{at}: starting"));
+                }
+                run_train(train_args, false).with_context(|| at.clone())?;
+            }
+        }
+        log(&format!("{at}: finished"));
+    }
+    let finished: Vec<PathBuf> = runs.iter().map(|r| r.dir.clone()).collect();
+    let request = ReportRequest { runs: finished, out: Some(grid.out.join("report")), title: None };
+    let job = ReportJob(ReportArgs {
+        backend: args.backend.clone(),
+        runs: request.runs,
+        out: request.out,
+        title: request.title,
+    });
+    dispatch(args.backend.backend, args.backend.device, job)
 }
 
 struct EvalJob(EvalArgs);
