@@ -102,6 +102,13 @@ fn train_imagenet_then_eval_on_a_tiny_tree() {
     assert_eq!(summary["epochs"], 2);
     let csv = std::fs::read_to_string(run_dir.join("metrics.csv")).unwrap();
     assert_eq!(csv.lines().count(), 3, "{csv}");
+    // its report shows the photographs de-normalised back to colour, classes by wnid
+    let report = run_dir.join("report");
+    assert!(std::fs::read_to_string(report.join("report.md")).unwrap().contains("easy_hard.png"));
+    let tiles = image::open(report.join("easy_hard.png")).unwrap().to_rgb8();
+    let coloured = tiles.pixels().filter(|p| p.0[0].abs_diff(p.0[1]) > 40 || p.0[1].abs_diff(p.0[2]) > 40).count();
+    assert!(coloured > 2000, "{coloured} coloured pixels: the photographs are not shown in colour");
+    assert!(report.join("open_rates.png").is_file() && report.join("curves.png").is_file());
 
     let out = run(dmnn().args(["eval", "--checkpoint"]).arg(&run_dir).arg("--data").arg(&data));
     let table = text(&out);
