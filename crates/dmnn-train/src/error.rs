@@ -47,7 +47,7 @@ pub enum TrainError {
         reason: String,
     },
     /// A file that cannot be read or written.
-    #[error("{}: {error}", path.display())]
+    #[error("{}", io_message(path, error))]
     Io {
         /// The file.
         path: PathBuf,
@@ -64,9 +64,36 @@ pub enum TrainError {
         /// Where the last good checkpoint is, or that there is none.
         checkpoint: String,
     },
+    /// Training that ended before its last epoch for another reason than the loss: a
+    /// checkpoint that could not be written (a full disk), or a stop asked in the terminal UI.
+    #[error("training stopped after epoch {epoch} of {epochs}: {reason}; {checkpoint}")]
+    Stopped {
+        /// The last epoch trained.
+        epoch: usize,
+        /// The epochs asked.
+        epochs: usize,
+        /// Why.
+        reason: String,
+        /// Where the last good checkpoint is, and how to go on.
+        checkpoint: String,
+    },
     /// Anything else, with what was being done.
     #[error("{0}")]
     Other(String),
+}
+
+/// Whether `e` says the disk or the quota is full (ENOSPC, EDQUOT).
+pub fn is_disk_full(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(28 | 122)) || e.kind() == std::io::ErrorKind::StorageFull
+}
+
+/// `PATH: error`, worded plainly when the disk is full.
+pub fn io_message(path: &Path, e: &std::io::Error) -> String {
+    if is_disk_full(e) {
+        format!("no space left on device: {} ({e})", path.display())
+    } else {
+        format!("{}: {e}", path.display())
+    }
 }
 
 impl TrainError {

@@ -149,6 +149,10 @@ impl<B: Backend> ItemLazy for StepOutput<B> {
         for (b, &y) in targets.iter().enumerate() {
             let row = &logits[b * num_classes..(b + 1) * num_classes];
             let target = row[y as usize];
+            // a row with a NaN logit ranks nothing: wrong, never right by default
+            if row.iter().any(|v| v.is_nan()) {
+                continue;
+            }
             // rank of the target: classes scoring strictly higher (ties resolved in its favour)
             let higher = row.iter().filter(|&&v| v > target).count();
             top1 += usize::from(higher == 0);
@@ -350,5 +354,36 @@ impl<B: Backend> InferenceStep for DmnnClassifier<B> {
     fn step(&self, batch: ClassificationBatch<B>) -> StepOutput<B> {
         let out = self.model.forward(batch.images);
         self.output(out, batch.targets).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+
+    #[test]
+    fn a_nan_logit_is_never_a_correct_prediction() {
+        let device = Default::default();
+        let logits = Tensor::<Flex, 2>::from_data(
+            TensorData::new(vec![f32::NAN, f32::NAN, 1.0, 0.0, 0.0, 2.0], [3, 2]),
+            &device,
+        );
+        let targets = Tensor::<Flex, 1, Int>::from_data(TensorData::new(vec![0i64, 0, 1], [3]), &device);
+        let zero = Tensor::<Flex, 1>::zeros([1], &device);
+        let out = StepOutput {
+            loss: zero.clone(),
+            ce: zero.clone(),
+            aux: zero.clone(),
+            cost: zero,
+            logits,
+            targets,
+            macs: Tensor::zeros([3], &device),
+            block_rates: None,
+            macs_full: 1.0,
+        };
+        let stats = out.sync();
+        // the NaN row is wrong at top-1 and top-5 alike, the two others right
+        assert_eq!((stats.correct_top1, stats.correct_top5), (2, 2));
     }
 }

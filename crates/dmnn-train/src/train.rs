@@ -206,9 +206,8 @@ pub fn prepare<B: AutodiffBackend>(
     let train_loader = EpochLoader::<B>::new(train_source.clone(), train_config, device.clone());
     let valid_loader = EpochLoader::<B::InnerBackend>::new(test_source.clone(), eval_config, device.clone());
 
-    let checkpoint = if resume { dir.latest_checkpoint() } else { None };
+    let checkpoint = if resume { usable_checkpoint::<B>(&config, &dir, &device, &log)? } else { None };
     if let Some(k) = checkpoint {
-        validate_checkpoint::<B>(&dir, k, &device)?;
         if k >= config.epochs {
             log.line(&format!("run {} already finished {k} epochs; evaluating", dir.root().display()));
         } else {
@@ -218,6 +217,7 @@ pub fn prepare<B: AutodiffBackend>(
         truncate_csv(&dir.metrics(), k)?;
     } else if resume {
         log.line(&format!("no complete checkpoint in {}; starting from the beginning", dir.root().display()));
+        truncate_csv(&dir.metrics(), 0)?;
     }
     Ok(Prepared {
         config,
@@ -290,10 +290,11 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
 
     let train_loader = Arc::new(run.train_loader.clone_loader());
     let valid_loader = Arc::new(run.valid_loader.clone_loader());
+    let table = EpochTable::new(run.dir.metrics());
     let mut training = SupervisedTraining::new(run.dir.root(), train_loader, valid_loader)
         .with_file_checkpointer(AtomicRecorder)
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
-        .with_metric_logger(EpochTable::new(run.dir.metrics()))
+        .with_metric_logger(table.clone())
         .num_epochs(config.epochs);
     for metric in DmnnMetric::all(config.model.blocks().len() * usize::from(config.model.is_dynamic())) {
         training = training.metric_train_numeric(metric.clone()).metric_valid_numeric(metric);
@@ -315,7 +316,8 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
         let strategy = ExecutionStrategy::MultiDevice(devices, MultiDeviceOptim::OptimMainDevice);
         training = training.with_training_strategy(strategy.into());
     }
-    progress.set_interrupter(training.interrupter());
+    let interrupter = training.interrupter();
+    progress.set_interrupter(interrupter.clone());
 
     let result = training.launch(Learner::new(classifier, optim, scheduler));
     if let Some((step, value)) = progress.non_finite() {
@@ -326,7 +328,42 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
         log.line(&format!("stopped: non-finite loss ({value}) at step {step}; {checkpoint}"));
         return Err(TrainError::NonFinite { step, value, checkpoint });
     }
-    Ok(result.model.model)
+    // the Learner returns normally when it was interrupted: by a checkpoint that could not be
+    // written (its error is the reason) or by a stop in the terminal UI
+    let write_error = table.write_error();
+    if interrupter.should_stop() || write_error.is_some() {
+        let reason = match (interrupter.get_message(), write_error) {
+            (Some(m), _) => format!("a checkpoint could not be written: {}", unwrap_burn_error(&m)),
+            (None, Some(e)) => format!("the metrics could not be written: {e}"),
+            (None, None) => "stopped in the terminal UI".into(),
+        };
+        let epoch = run.dir.complete_checkpoints().into_iter().find(|&k| run.dir.verify_checkpoint(k).is_ok());
+        let checkpoint = match epoch {
+            Some(k) => format!(
+                "the checkpoint of epoch {k} is in {}; `dmnn train --resume {}` goes on from it",
+                run.dir.checkpoints().display(),
+                run.dir.root().display()
+            ),
+            None => "no epoch was checkpointed".into(),
+        };
+        let err = TrainError::Stopped { epoch: epoch.unwrap_or(0), epochs: config.epochs, reason, checkpoint };
+        log.line(&err.to_string());
+        return Err(err);
+    }
+    // the last update can overflow the weights without any loss seeing it
+    let model = result.model.model;
+    let bad = crate::run::non_finite_values(&model);
+    if bad > 0 {
+        let step = config.epochs * steps_per_epoch;
+        let msg = format!(
+            "training diverged: the weights are not finite after step {step} (the last, epoch {}): {bad} NaN or \
+             infinite values; no accuracy is reported",
+            config.epochs
+        );
+        log.line(&msg);
+        return Err(TrainError::Other(msg));
+    }
+    Ok(model)
 }
 
 /// Step 3: saves the final network, evaluates it on the test split in sparse execution (and
@@ -407,25 +444,92 @@ fn image_size(source: &dyn ImageSource) -> [usize; 2] {
     [h, w]
 }
 
-/// Loads the three records of checkpoint `epoch` to make sure they are whole before the Learner
-/// (which panics on a bad file) gets them.
-fn validate_checkpoint<B: AutodiffBackend>(dir: &RunDir, epoch: usize, device: &B::Device) -> Result<()> {
-    let damaged = |name: &str, e: burn::record::RecorderError| {
-        TrainError::Other(format!(
-            "checkpoint {} cannot be loaded (truncated or damaged): {e}. Remove the files of epoch {epoch} \
-             in {} to resume from an earlier epoch",
-            dir.checkpoint(name, epoch).with_extension("mpk").display(),
-            dir.checkpoints().display()
-        ))
-    };
-    AtomicRecorder
-        .load::<<DmnnClassifier<B> as Module<B>>::Record>(dir.checkpoint("model", epoch), device)
-        .map_err(|e| damaged("model", e))?;
-    for name in ["optim", "scheduler"] {
-        Recorder::<B>::load_item::<serde::de::IgnoredAny>(&AtomicRecorder, &mut dir.checkpoint(name, epoch))
-            .map_err(|e| damaged(name, e))?;
+/// The newest checkpoint a resume can start from: its three files match their checksums and
+/// load as this run's records (the model's into this architecture). A newer one that does not
+/// is reported and the one before it tried, so a damaged last epoch costs one epoch, not the run.
+///
+/// # Errors
+/// Checkpoints that exist but none of which can be used, each with its reason.
+fn usable_checkpoint<B: AutodiffBackend>(
+    config: &TrainConfig,
+    dir: &RunDir,
+    device: &B::Device,
+    log: &RunLog,
+) -> Result<Option<usize>> {
+    let epochs = dir.complete_checkpoints();
+    let mut refused: Vec<String> = Vec::new();
+    for &k in &epochs {
+        match validate_checkpoint::<B>(config, dir, k, device) {
+            Ok(()) => {
+                if !refused.is_empty() {
+                    log.line(&format!("falling back to the checkpoint of epoch {k}: {}", refused.join("; ")));
+                }
+                return Ok(Some(k));
+            }
+            Err(reason) => {
+                log.line(&format!("the checkpoint of epoch {k} cannot be used: {reason}"));
+                refused.push(format!("epoch {k}: {reason}"));
+            }
+        }
     }
+    if refused.is_empty() {
+        return Ok(None);
+    }
+    Err(TrainError::Other(format!(
+        "no checkpoint in {} can be used ({}); remove the directory's checkpoint/ to train the run again from the start",
+        dir.checkpoints().display(),
+        refused.join("; ")
+    )))
+}
+
+/// Checks checkpoint `epoch` before the Learner (which panics on a bad file) gets it: checksums,
+/// then the three records loaded as their types, the model's into this run's architecture.
+fn validate_checkpoint<B: AutodiffBackend>(
+    config: &TrainConfig,
+    dir: &RunDir,
+    epoch: usize,
+    device: &B::Device,
+) -> std::result::Result<(), String> {
+    dir.verify_checkpoint(epoch)?;
+    let model_path = dir.checkpoint("model", epoch);
+    let record =
+        AtomicRecorder.load::<<DmnnClassifier<B> as Module<B>>::Record>(model_path.clone(), device).map_err(|e| {
+            format!("{} cannot be loaded (truncated or damaged): {e}", model_path.with_extension("mpk").display())
+        })?;
+    let model = config.model.try_init::<B>(device).map_err(|e| e.to_string())?;
+    crate::run::load_record_checked(
+        DmnnClassifier::for_inference(model, config.objective.clone()),
+        record,
+        &model_path,
+    )
+    .map_err(|e| e.to_string())?;
+    let optim = optimizer(config).init::<B, DmnnClassifier<B>>();
+    let optim_path = dir.checkpoint("optim", epoch);
+    load_record_like(&optim, optim_path.clone(), device).map_err(|e| {
+        format!("{} cannot be loaded (truncated or damaged): {e}", optim_path.with_extension("mpk").display())
+    })?;
+    let scheduler_path = dir.checkpoint("scheduler", epoch);
+    Recorder::<B>::load::<usize>(&AtomicRecorder, scheduler_path.clone(), device).map_err(|e| {
+        format!("{} cannot be loaded (truncated or damaged): {e}", scheduler_path.with_extension("mpk").display())
+    })?;
     Ok(())
+}
+
+/// The message inside Burn's wrapping of a recorder error (``Recorder error: `Unknown("…")` ``).
+fn unwrap_burn_error(message: &str) -> String {
+    match (message.find("(\""), message.rfind("\")")) {
+        (Some(a), Some(b)) if b > a + 2 => message[a + 2..b].replace("\\\"", "\""),
+        _ => message.to_string(),
+    }
+}
+
+/// Loads the record of optimiser `_optim` from `path`.
+fn load_record_like<B: AutodiffBackend, M: burn::module::AutodiffModule<B>, O: burn::optim::Optimizer<M, B>>(
+    _optim: &O,
+    path: PathBuf,
+    device: &B::Device,
+) -> std::result::Result<O::Record, burn::record::RecorderError> {
+    AtomicRecorder.load::<O::Record>(path, device)
 }
 
 /// Keeps the header and the rows of epochs `<= epoch` of a metrics CSV.

@@ -99,7 +99,9 @@ fn eval_values_out_of_their_domain_are_clean_errors() {
     args.extend(["--initial-weights".to_string(), other.display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     refused(&args, "was written for another architecture");
+    // with its checksum: a whole, undamaged record, only of another network
     std::fs::copy(&other, run_dir.join("model.mpk")).unwrap();
+    std::fs::copy(static_dir.join("model.mpk.sha256"), run_dir.join("model.mpk.sha256")).unwrap();
     refused(&["eval", "--checkpoint", dir], "model.mpk was written for another architecture");
     let out = tmp.path().join("x.safetensors");
     refused(&["export", "--checkpoint", dir, "--out", out.to_str().unwrap()], "was written for another architecture");

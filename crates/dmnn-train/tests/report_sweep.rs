@@ -137,7 +137,14 @@ fn a_sweep_killed_twice_finishes_its_grid_with_every_run_once() {
         child.wait().unwrap();
     };
     // 1: killed in the middle of the first run, once its first checkpoint is on disk
-    kill_when(&|| a.join("checkpoint/scheduler-1.mpk").is_file(), "the first run's checkpoint of epoch 1");
+    // (three checkpointer threads write the three records, in any order)
+    let epoch_1 = || {
+        ["model", "optim", "scheduler"].iter().all(|r| {
+            a.join(format!("checkpoint/{r}-1.mpk")).is_file()
+                && a.join(format!("checkpoint/{r}-1.mpk.sha256")).is_file()
+        })
+    };
+    kill_when(&epoch_1, "the first run's checkpoint of epoch 1");
     assert!(!a.join("summary.json").exists(), "the kill came too late for this test");
     // 2: the restart resumes it; killed again as soon as the second run has begun
     kill_when(&|| b.join("config.json").is_file(), "the second run's start");

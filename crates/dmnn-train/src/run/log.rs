@@ -6,21 +6,35 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// Writes a file atomically: to a temporary name in the same directory, synced, then renamed.
+/// Writes a file atomically: to a temporary name in the same directory, flushed and synced,
+/// its size checked, then renamed. A write that fails (a full disk) leaves nothing behind: no
+/// temporary file, and the file under its final name as it was.
 ///
 /// # Errors
-/// Any I/O error of the write, the sync or the rename.
+/// Any I/O error of the write, the sync or the rename; a size on disk other than the bytes'.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension(format!(
         "{}.tmp",
         path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
     ));
-    {
+    let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
+        f.flush()?;
         f.sync_all()?;
+        let size = f.metadata()?.len();
+        if size != bytes.len() as u64 {
+            return Err(std::io::Error::other(format!("{size} bytes on disk, {} written", bytes.len())));
+        }
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
     }
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&tmp);
+    })
 }
 
 /// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC).

@@ -88,15 +88,42 @@ impl RunDir {
 
     /// The latest epoch whose model, optimiser and scheduler checkpoints all exist.
     pub fn latest_checkpoint(&self) -> Option<usize> {
-        let entries = std::fs::read_dir(self.checkpoints()).ok()?;
-        entries
+        self.complete_checkpoints().first().copied()
+    }
+
+    /// Every epoch whose model, optimiser and scheduler checkpoints all exist, newest first.
+    pub fn complete_checkpoints(&self) -> Vec<usize> {
+        let Ok(entries) = std::fs::read_dir(self.checkpoints()) else { return Vec::new() };
+        let mut epochs: Vec<usize> = entries
             .filter_map(|e| e.ok())
             .filter_map(|e| {
                 let name = e.file_name().to_string_lossy().into_owned();
                 name.strip_prefix("model-")?.strip_suffix(".mpk")?.parse().ok()
             })
             .filter(|&k| CHECKPOINT_RECORDS.iter().all(|n| self.checkpoint(n, k).with_extension("mpk").is_file()))
-            .max()
+            .collect();
+        epochs.sort_unstable_by(|a, b| b.cmp(a));
+        epochs
+    }
+
+    /// Checks the three files of checkpoint `epoch` against their checksums. A checkpoint
+    /// written with checksums needs all three (a file without one was being written when the
+    /// run died); one of an older dmnn has none.
+    ///
+    /// # Errors
+    /// The first file that is missing, damaged or without its checksum, named.
+    pub fn verify_checkpoint(&self, epoch: usize) -> std::result::Result<(), String> {
+        let mut verified = Vec::new();
+        for name in CHECKPOINT_RECORDS {
+            let path = self.checkpoint(name, epoch).with_extension("mpk");
+            verified.push((path.clone(), verify_file(&path)?));
+        }
+        if verified.iter().any(|(_, v)| *v) {
+            if let Some((path, _)) = verified.iter().find(|(_, v)| !*v) {
+                return Err(format!("{} has no checksum beside it (its write did not finish)", path.display()));
+            }
+        }
+        Ok(())
     }
 
     /// The run's configuration.
@@ -136,8 +163,32 @@ impl RunDir {
             let record = AtomicRecorder.load(path.clone(), device).map_err(|e| damaged(&path, e))?;
             load_record_checked(wrapper, record, &path)?.model
         };
+        let bad = non_finite_values(&model);
+        if bad > 0 {
+            return Err(TrainError::Other(format!(
+                "the network of {} is not finite ({bad} NaN or infinite values): the run diverged, nothing to evaluate",
+                self.root.display()
+            )));
+        }
         Ok((config, model))
     }
+}
+
+/// Counts the parameter values that are not finite numbers.
+struct NonFinite(usize);
+
+impl<B: Backend> burn::module::ModuleVisitor<B> for NonFinite {
+    fn visit_float<const D: usize>(&mut self, param: &burn::module::Param<burn::tensor::Tensor<B, D>>) {
+        let values = param.val().into_data().convert::<f32>();
+        self.0 += values.as_slice::<f32>().map_or(0, |v| v.iter().filter(|x| !x.is_finite()).count());
+    }
+}
+
+/// How many parameter values (weights and batch-norm statistics) of `module` are NaN or infinite.
+pub fn non_finite_values<B: Backend, M: burn::module::Module<B>>(module: &M) -> usize {
+    let mut count = NonFinite(0);
+    module.visit(&mut count);
+    count.0
 }
 
 /// Loads the inference network of a run directory (`model.mpk`, or the latest checkpoint).

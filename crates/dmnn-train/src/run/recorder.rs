@@ -1,7 +1,10 @@
 //! The recorder of every checkpoint and model file: Burn's named MessagePack format, written
-//! atomically, and read back from records of older dmnn versions.
+//! atomically with a checksum beside it, verified when read, and read back from records of
+//! older dmnn versions.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
 
 use burn::record::{BurnRecord, FileRecorder, FullPrecisionSettings, Record, Recorder, RecorderError};
 use burn::tensor::backend::Backend;
@@ -10,8 +13,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use super::log::write_atomic;
 
 /// Burn's named MessagePack recorder (the same bytes as `NamedMpkFileRecorder`), made atomic: the
-/// record is written to `<name>.mpk.tmp`, synced and renamed to `<name>.mpk`, so a run killed
-/// mid-write never leaves a checkpoint that fails to load.
+/// record is written to `<name>.mpk.tmp`, synced, its size checked and renamed to `<name>.mpk`,
+/// so a run killed mid-write never leaves a checkpoint that fails to load, and a write that
+/// fails (a full disk: "no space left on device: PATH") is an error, never an empty file under
+/// the final name. Then `<name>.mpk.sha256` is written the same way: the SHA-256 and size of the
+/// record's bytes, checked on every load, so a damaged file (a flipped bit) is an error naming it.
+/// Records without that file (written by dmnn before it had them) load unchecked.
 ///
 /// Records written before dmnn's module layout changed are migrated on load
 /// ([`migrate_record`]): they keep loading, bit for bit.
@@ -33,7 +40,10 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
     fn save_item<I: Serialize>(&self, item: I, file: PathBuf) -> Result<(), RecorderError> {
         let path = file.with_extension("mpk");
         let bytes = rmp_serde::to_vec_named(&item).map_err(|e| RecorderError::Unknown(e.to_string()))?;
-        write_atomic(&path, &bytes).map_err(|e| RecorderError::Unknown(format!("{}: {e}", path.display())))
+        let failed = |p: &Path, e: std::io::Error| RecorderError::Unknown(crate::error::io_message(p, &e));
+        write_atomic(&path, &bytes).map_err(|e| failed(&path, e))?;
+        let sum = checksum_file(&path);
+        write_atomic(&sum, checksum_line(&bytes).as_bytes()).map_err(|e| failed(&sum, e))
     }
 
     /// Burn's `load` without its panic: turning the decoded item into tensors asserts on values
@@ -55,6 +65,7 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
             std::io::ErrorKind::NotFound => RecorderError::FileNotFound(path.display().to_string()),
             _ => RecorderError::Unknown(format!("{}: {e}", path.display())),
         })?;
+        verify(&path, &bytes).map_err(RecorderError::DeserializeError)?;
         let first = match decode::<I>(&bytes) {
             Ok(item) => return Ok(item),
             Err(e) => e,
@@ -71,6 +82,52 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
             None => Err(RecorderError::DeserializeError(first)),
         }
     }
+}
+
+/// The checksum file of the record at `path` (`model-2.mpk` → `model-2.mpk.sha256`).
+pub fn checksum_file(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".sha256");
+    PathBuf::from(name)
+}
+
+/// `<sha256 hex> <size>`: what a checksum file holds.
+fn checksum_line(bytes: &[u8]) -> String {
+    let hex: String = Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex} {}\n", bytes.len())
+}
+
+/// Checks `bytes`, read from `path`, against the checksum written with them. `Ok(true)`: they
+/// match; `Ok(false)`: there is no checksum (a record of an older dmnn).
+///
+/// # Errors
+/// Bytes that are not the ones written, or an unreadable checksum file, named.
+pub fn verify(path: &Path, bytes: &[u8]) -> Result<bool, String> {
+    let sum = checksum_file(path);
+    let expected = match std::fs::read_to_string(&sum) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(format!("{}: {e}", sum.display())),
+    };
+    if expected.trim() == checksum_line(bytes).trim() {
+        return Ok(true);
+    }
+    let size = expected.split_whitespace().nth(1).unwrap_or("?");
+    Err(format!(
+        "{} is damaged: its bytes ({} of them) are not the ones written with it ({size} bytes, SHA-256 in {})",
+        path.display(),
+        bytes.len(),
+        sum.display()
+    ))
+}
+
+/// Checks the record file at `path` against its checksum (see [`verify`]).
+///
+/// # Errors
+/// A missing file, bytes that are not the ones written, named.
+pub fn verify_file(path: &Path) -> Result<bool, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    verify(path, &bytes)
 }
 
 /// Decodes a MessagePack record. Some of Burn's `Deserialize` impls panic on a value they do not

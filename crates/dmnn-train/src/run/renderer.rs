@@ -31,6 +31,7 @@ struct EpochTableInner {
     rows: Vec<BTreeMap<String, f64>>,
     csv: Option<PathBuf>,
     columns: Option<Vec<String>>,
+    write_error: Option<String>,
 }
 
 impl EpochTable {
@@ -39,6 +40,11 @@ impl EpochTable {
         let table = Self::default();
         table.inner.lock().unwrap().csv = Some(csv);
         table
+    }
+
+    /// The first failure to append a row to the CSV (a full disk), named.
+    pub fn write_error(&self) -> Option<String> {
+        self.inner.lock().unwrap().write_error.clone()
     }
 }
 
@@ -76,19 +82,22 @@ impl MetricLogger for EpochTable {
                 c
             });
             let header = !csv.exists();
-            if let Ok(mut f) = OpenOptions::new().create(true).append(true).open(&csv) {
-                if header {
-                    let _ = writeln!(f, "{}", columns.join(","));
-                }
-                let line: Vec<String> = columns
-                    .iter()
-                    .map(|c| match (c.as_str(), row.get(c)) {
-                        ("epoch", Some(v)) => format!("{}", *v as usize),
-                        (_, Some(v)) => format!("{v:.6}"),
-                        (_, None) => String::new(),
-                    })
-                    .collect();
-                let _ = writeln!(f, "{}", line.join(","));
+            let line: Vec<String> = columns
+                .iter()
+                .map(|c| match (c.as_str(), row.get(c)) {
+                    ("epoch", Some(v)) => format!("{}", *v as usize),
+                    (_, Some(v)) => format!("{v:.6}"),
+                    (_, None) => String::new(),
+                })
+                .collect();
+            let text =
+                if header { format!("{}\n{}\n", columns.join(","), line.join(",")) } else { line.join(",") + "\n" };
+            let written = OpenOptions::new().create(true).append(true).open(&csv).and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                f.sync_data()
+            });
+            if let Err(e) = written {
+                inner.write_error.get_or_insert_with(|| crate::error::io_message(&csv, &e));
             }
         }
         inner.rows.push(row);

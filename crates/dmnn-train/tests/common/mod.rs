@@ -4,6 +4,28 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use burn::backend::Flex;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::Tensor;
+use dmnn_train::run::load_run_model;
+
+/// Every float tensor of the model (parameters and batch-norm statistics), flattened.
+struct Collect(Vec<f32>);
+
+impl ModuleVisitor<Flex> for Collect {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<Flex, D>>) {
+        self.0.extend(param.val().into_data().to_vec::<f32>().unwrap());
+    }
+}
+
+/// Every float tensor of a run's final network (or latest checkpoint), flattened.
+pub fn weights(dir: &Path) -> Vec<f32> {
+    let (_, model) = load_run_model::<Flex>(dir, &Default::default()).unwrap();
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
 /// A directory removed when dropped.
 pub struct TempDir(pub PathBuf);
 
