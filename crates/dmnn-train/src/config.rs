@@ -214,6 +214,12 @@ impl TrainConfig {
                 self.epochs, self.batch_size, self.eval_batch_size
             ));
         }
+        if self.max_steps_per_epoch == Some(0) {
+            return invalid("max_steps_per_epoch=0 trains nothing: leave it out for whole epochs".into());
+        }
+        if self.max_eval_batches == Some(0) {
+            return invalid("max_eval_batches=0 evaluates nothing: leave it out for the whole test split".into());
+        }
         if self.replicas == 0 || self.batch_size % self.replicas != 0 {
             return invalid(format!(
                 "replicas={} must be positive and divide batch_size={} (each replica takes an equal share)",

@@ -147,6 +147,12 @@ pub fn eval_run<B: AutodiffBackend>(request: &EvalRequest, device: B::Device) ->
     let loader = EpochLoader::<B::InnerBackend>::new(source.clone(), loader_config, device.clone());
     let options = ForwardOptions::mode(request.mode).with_gate_options(request.gate);
     let summary = evaluate(&model, &loader, options.clone());
+    if summary.samples == 0 {
+        return Err(TrainError::Other(format!(
+            "no image of {} could be read: nothing was evaluated",
+            source.describe()
+        )));
+    }
     let recalibrated = if request.recalibrate_batches > 0 && config.model.is_dynamic() {
         let train_source = data.open(Split::Train, config.model.image_size)?;
         let calib = EpochLoader::<B>::new(train_source, LoaderConfig::train(config.batch_size, config.seed), device);

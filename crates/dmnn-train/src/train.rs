@@ -3,7 +3,7 @@
 //! `SupervisedTraining`), [`finish`] (the final model, the test evaluation, the summary).
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,8 +54,12 @@ pub struct Summary {
     pub params_aux: usize,
     /// Epochs trained.
     pub epochs: usize,
-    /// Wall time of the run in seconds (data loading, training, evaluation; build excluded).
+    /// Wall time of this process in seconds (data loading, training, evaluation; build excluded).
     pub wall_seconds: f64,
+    /// Wall time of the run over all its processes: this one's plus what earlier ones (stopped
+    /// and resumed) spent up to their last finished epoch.
+    #[serde(default)]
+    pub wall_seconds_total: f64,
     /// Top-1 accuracy after BN recalibration in sparse mode, when it ran.
     pub test_accuracy_recalibrated: Option<f64>,
     /// Images that could not be decoded and were skipped.
@@ -98,6 +102,7 @@ pub struct Prepared<B: AutodiffBackend> {
     /// The device.
     pub device: B::Device,
     start: Instant,
+    earlier_seconds: f64,
     backend: String,
 }
 
@@ -180,12 +185,21 @@ pub fn prepare<B: AutodiffBackend>(
     let test_source = config.data.open(Split::Test, image_size)?;
     check_data(&config, train_source.as_ref(), "training")?;
     check_data(&config, test_source.as_ref(), "validation")?;
-    let root = match &options.out {
-        Some(d) => d.clone(),
-        None => PathBuf::from("runs").join(format!("{}-{}", timestamp(), config.run_name())),
+    let dir = match &options.out {
+        Some(d) => {
+            if !resume && holds_files(d) {
+                let what = if RunDir::new(d).config().is_file() { "holds a run" } else { "is not empty" };
+                return Err(TrainError::Config(format!(
+                    "{} {what}: resume it with `--resume {}`, or give another --out (nothing was written)",
+                    d.display(),
+                    d.display()
+                )));
+            }
+            std::fs::create_dir_all(d).map_err(|e| TrainError::io(d, e))?;
+            RunDir::new(d)
+        }
+        None => new_run_dir(Path::new("runs"), &format!("{}-{}", timestamp(), config.run_name()))?,
     };
-    let dir = RunDir::new(root);
-    std::fs::create_dir_all(dir.root()).map_err(|e| TrainError::io(dir.root(), e))?;
     let interactive = !options.plain && std::io::stdout().is_terminal();
     let log = RunLog::open(&dir.log(), interactive).map_err(|e| TrainError::io(&dir.log(), e))?;
     if !resume {
@@ -219,6 +233,7 @@ pub fn prepare<B: AutodiffBackend>(
         log.line(&format!("no complete checkpoint in {}; starting from the beginning", dir.root().display()));
         truncate_csv(&dir.metrics(), 0)?;
     }
+    let earlier_seconds = if resume { dir.earlier_wall_seconds() } else { 0.0 };
     Ok(Prepared {
         config,
         dir,
@@ -231,6 +246,7 @@ pub fn prepare<B: AutodiffBackend>(
         interactive,
         device,
         start,
+        earlier_seconds,
         backend: options.backend.clone(),
     })
 }
@@ -290,7 +306,8 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
 
     let train_loader = Arc::new(run.train_loader.clone_loader());
     let valid_loader = Arc::new(run.valid_loader.clone_loader());
-    let table = EpochTable::new(run.dir.metrics());
+    let table =
+        EpochTable::new(run.dir.metrics()).with_wall_clock(run.dir.wall_clock(), run.earlier_seconds, run.start);
     let mut training = SupervisedTraining::new(run.dir.root(), train_loader, valid_loader)
         .with_file_checkpointer(AtomicRecorder)
         .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
@@ -381,6 +398,12 @@ pub fn finish<B: AutodiffBackend>(run: Prepared<B>, trained: Dmnn<B::InnerBacken
     // the validation loader's own data: an unreadable test image is one skipped image, reported once
     let test_loader = run.valid_loader.clone_loader();
     let eval = evaluate(&trained, &test_loader, ForwardOptions::mode(ExecutionMode::Sparse));
+    if eval.samples == 0 {
+        return Err(TrainError::Other(format!(
+            "the test evaluation saw no images ({} could not be read): no accuracy to report",
+            run.test_source.describe()
+        )));
+    }
     let mut recalibrated = None;
     if config.recalibrate_batches > 0 && config.model.is_dynamic() {
         let calib_loader = EpochLoader::<B>::new(run.train_source.clone(), train_config, device.clone());
@@ -411,6 +434,7 @@ pub fn finish<B: AutodiffBackend>(run: Prepared<B>, trained: Dmnn<B::InnerBacken
         params_aux: cost.params_aux,
         epochs: config.epochs,
         wall_seconds: run.start.elapsed().as_secs_f64(),
+        wall_seconds_total: run.earlier_seconds + run.start.elapsed().as_secs_f64(),
         test_accuracy_recalibrated: recalibrated,
         skipped_images,
         backend: run.backend.clone(),
@@ -436,6 +460,27 @@ pub fn train<B: AutodiffBackend>(
     let trained = launch(&run)?;
     let dir = run.dir.clone();
     Ok((finish(run, trained)?, dir))
+}
+
+/// Whether `dir` holds a file, directly or in a subdirectory (empty directories, such as a
+/// `checkpoint/` made ready or a mount point, do not count).
+fn holds_files(dir: &Path) -> bool {
+    std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| !e.path().is_dir() || holds_files(&e.path()))
+}
+
+/// A directory `parent/name` made by this process alone: two runs started in the same second get
+/// `name` and `name-2` (creating a directory is atomic, so they cannot both take one).
+fn new_run_dir(parent: &Path, name: &str) -> Result<RunDir> {
+    std::fs::create_dir_all(parent).map_err(|e| TrainError::io(parent, e))?;
+    for k in 1.. {
+        let dir = if k == 1 { parent.join(name) } else { parent.join(format!("{name}-{k}")) };
+        match std::fs::create_dir(&dir) {
+            Ok(()) => return Ok(RunDir::new(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(TrainError::io(&dir, e)),
+        }
+    }
+    unreachable!("some suffix is free")
 }
 
 /// `[height, width]` of a source's images.

@@ -141,6 +141,9 @@ pub fn analyse_run<B: Backend>(dir: &RunDir, device: &B::Device, progress: &dyn 
         Batches { source: source.as_ref(), batch_size: config.eval_batch_size, max_batches: config.max_eval_batches };
     progress(&format!("evaluating {} on {} images (sparse)", config.model.name, batches.count()));
     let images = evaluate_images(&model, &batches, GateOptions::default(), device);
+    if images.is_empty() {
+        return Err(TrainError::Other(format!("no image of {} could be read: nothing to report", source.describe())));
+    }
     let mut sweep = Vec::new();
     if config.model.is_dynamic() {
         for &threshold in &SWEEP_THRESHOLDS {

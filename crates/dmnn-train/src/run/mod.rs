@@ -81,6 +81,22 @@ impl RunDir {
         self.root.join("summary.json")
     }
 
+    /// `wall.json`: the run's wall time over all its processes, up to its last epoch.
+    pub fn wall_clock(&self) -> PathBuf {
+        self.root.join("wall.json")
+    }
+
+    /// The wall time that earlier processes of this run spent, up to their last epoch (0 when
+    /// there is no record of it).
+    pub fn earlier_wall_seconds(&self) -> f64 {
+        std::fs::read_to_string(self.wall_clock())
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| v["seconds"].as_f64())
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .unwrap_or(0.0)
+    }
+
     /// `train.log`.
     pub fn log(&self) -> PathBuf {
         self.root.join("train.log")

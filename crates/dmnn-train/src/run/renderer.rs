@@ -32,6 +32,14 @@ struct EpochTableInner {
     csv: Option<PathBuf>,
     columns: Option<Vec<String>>,
     write_error: Option<String>,
+    clock: Option<WallClock>,
+}
+
+/// Where the run's total wall time is kept, and what it was when this process started.
+struct WallClock {
+    path: PathBuf,
+    before: f64,
+    start: Instant,
 }
 
 impl EpochTable {
@@ -40,6 +48,13 @@ impl EpochTable {
         let table = Self::default();
         table.inner.lock().unwrap().csv = Some(csv);
         table
+    }
+
+    /// Also writes, after every epoch, the run's wall time over all its processes to `path`
+    /// (JSON: `{"seconds": s}`): `before` from earlier processes plus this one's since `start`.
+    pub fn with_wall_clock(self, path: PathBuf, before: f64, start: Instant) -> Self {
+        self.inner.lock().unwrap().clock = Some(WallClock { path, before, start });
+        self
     }
 
     /// The first failure to append a row to the CSV (a full disk), named.
@@ -98,6 +113,13 @@ impl MetricLogger for EpochTable {
             });
             if let Err(e) = written {
                 inner.write_error.get_or_insert_with(|| crate::error::io_message(&csv, &e));
+            }
+        }
+        if let Some(clock) = &inner.clock {
+            let seconds = clock.before + clock.start.elapsed().as_secs_f64();
+            let path = clock.path.clone();
+            if let Err(e) = super::write_atomic(&path, format!("{{\"seconds\": {seconds:.3}}}\n").as_bytes()) {
+                inner.write_error.get_or_insert_with(|| crate::error::io_message(&path, &e));
             }
         }
         inner.rows.push(row);

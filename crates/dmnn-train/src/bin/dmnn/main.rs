@@ -35,9 +35,22 @@ use dmnn_train::sweep::{check_same_run, run_state, Grid, RunState, SweepLock};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let cli = Cli::parse();
+    let matches = <Cli as clap::CommandFactory>::command().get_matches();
+    let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Cost(args) => cost(args),
+        Command::Train(args) | Command::TrainImagenet(args)
+            if args.run.resume.is_some() && !flags_beside_resume(&matches).is_empty() =>
+        {
+            let flags = flags_beside_resume(&matches);
+            Err(anyhow::anyhow!(
+                "{} not with --resume: a resumed run goes on with the settings of its config.json; to train with \
+                 other settings, start a new run from them (`dmnn train --config {}/config.json {} ... --out NEW_DIR`)",
+                flags.join(", "),
+                args.run.resume.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                flags[0]
+            ))
+        }
         Command::Train(args) => run_train(args, false),
         Command::TrainImagenet(args) => run_train(args, true),
         Command::InitFromTorchvision(args) => init_from_torchvision(args),
@@ -64,6 +77,19 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The flags given on the command line of `train --resume` besides those a resume takes.
+fn flags_beside_resume(matches: &clap::ArgMatches) -> Vec<String> {
+    let Some((_, sub)) = matches.subcommand() else { return Vec::new() };
+    sub.ids()
+        .map(|id| id.as_str())
+        // argument groups (the flattened structs) have ids too
+        .filter(|id| id.starts_with(|c: char| c.is_ascii_lowercase()))
+        .filter(|id| !["resume", "plain", "backend", "device"].contains(id))
+        .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
+        .map(|id| format!("--{}", id.replace('_', "-")))
+        .collect()
 }
 
 /// mimalloc's option that delays (in ms) returning freed memory to the system; -1 never does.

@@ -11,6 +11,12 @@ pub fn train_summary(s: &Summary, dir: &std::path::Path) {
         "dmnn train finished: {} on the {} backend, {} epochs in {:.0} s",
         s.model, s.backend, s.epochs, s.wall_seconds
     );
+    if s.wall_seconds_total > s.wall_seconds + 0.5 {
+        println!(
+            "  (this process; {:.0} s with the earlier processes of the run, up to their last epoch)",
+            s.wall_seconds_total
+        );
+    }
     println!(
         "  test accuracy   {:.2} % (top-5 {:.2} %), sparse execution",
         100.0 * s.test_accuracy,
