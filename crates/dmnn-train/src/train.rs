@@ -335,6 +335,9 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
     }
     let interrupter = training.interrupter();
     progress.set_interrupter(interrupter.clone());
+    if let Some(epoch) = crate::run::fault::stop_after_epoch() {
+        let _ = table.clone().with_stop_after(epoch, interrupter.clone());
+    }
 
     let result = training.launch(Learner::new(classifier, optim, scheduler));
     if let Some((step, value)) = progress.non_finite() {

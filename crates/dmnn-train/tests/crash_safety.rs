@@ -204,3 +204,55 @@ fn a_diverged_run_reports_no_accuracy_and_nan_weights_do_not_evaluate() {
     assert!(!out.status.success(), "eval of NaN weights: {}", text(&out));
     assert!(text(&out).contains("not finite"), "{}", text(&out));
 }
+
+/// The kill/resume matrix: the process dies (aborts, as `kill -9` would leave it) at every stage
+/// of every kind of write, or is stopped as the terminal UI stops it; the resumed run ends with
+/// the uninterrupted run's weights, bit for bit, and its metrics rows exactly once.
+#[test]
+fn a_run_killed_at_any_write_resumes_to_the_same_weights() {
+    let tmp = TempDir::new("crash-matrix");
+    let reference_dir = tmp.path().join("reference");
+    let out = run(dmnn().args(quick_fashion_args(&reference_dir, 3)));
+    assert!(out.status.success(), "{}", text(&out));
+    let reference = weights(&reference_dir);
+    let faults = [
+        "crash:writing:model-2.mpk",
+        "crash:written:model-2.mpk",
+        "crash:renamed:model-2.mpk",
+        "crash:written:optim-2.mpk",
+        "crash:written:scheduler-2.mpk.sha256",
+        "crash:written:wall.json",
+        "crash:written:model.mpk",
+        "crash:renamed:model.mpk",
+        "crash:written:summary.json",
+        "stop-after-epoch:1",
+    ];
+    for (i, fault) in faults.iter().enumerate() {
+        let dir = tmp.path().join(format!("run-{i}"));
+        let out = run(dmnn().args(quick_fashion_args(&dir, 3)).env("DMNN_FAULT", fault));
+        let msg = text(&out);
+        assert!(!out.status.success(), "{fault}: the run did not stop:\n{msg}");
+        assert!(!msg.contains("dmnn train finished"), "{fault}:\n{msg}");
+        if fault.starts_with("stop") {
+            assert!(msg.contains("training stopped after epoch 1 of 3: stopped in the terminal UI"), "{msg}");
+            assert!(msg.contains("--resume"), "{msg}");
+        }
+        for (path, _) in files(&dir) {
+            assert!(
+                !path.to_string_lossy().ends_with("summary.json"),
+                "{fault}: a summary of a run that did not finish"
+            );
+        }
+        let out = run(dmnn().args(["train", "--plain", "--resume"]).arg(&dir));
+        let msg = text(&out);
+        assert!(out.status.success(), "{fault}: the resume failed:\n{msg}");
+        let w = weights(&dir);
+        assert!(
+            w.len() == reference.len() && w.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{fault}: the resumed weights differ from the uninterrupted run's"
+        );
+        let csv = std::fs::read_to_string(dir.join("metrics.csv")).unwrap();
+        let epochs: Vec<&str> = csv.lines().skip(1).map(|l| l.split(',').next().unwrap()).collect();
+        assert_eq!(epochs, ["1", "2", "3"], "{fault}:\n{csv}");
+    }
+}

@@ -17,6 +17,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         "{}.tmp",
         path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
     ));
+    fault::crash_point("writing", path);
     let written = (|| {
         let mut f = File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -32,9 +33,46 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
         return Err(e);
     }
+    fault::crash_point("written", path);
     std::fs::rename(&tmp, path).inspect_err(|_| {
         let _ = std::fs::remove_file(&tmp);
-    })
+    })?;
+    fault::crash_point("renamed", path);
+    Ok(())
+}
+
+/// Fault injection for the crash-safety tests: `DMNN_FAULT=crash:STAGE:FILE` aborts the process
+/// (no destructor runs, nothing is flushed: as `kill -9` would) when [`write_atomic`] reaches
+/// `STAGE` for the file named `FILE` — `writing` (nothing written yet), `written` (the temporary
+/// file complete, not yet renamed), `renamed` (under its final name, its checksum not yet
+/// written); `DMNN_FAULT=stop-after-epoch:K` stops training after epoch K through the Learner's
+/// interrupter, as the terminal UI's stop does. Unset, nothing happens.
+pub mod fault {
+    use std::path::Path;
+    use std::sync::OnceLock;
+
+    /// The variable.
+    pub const VAR: &str = "DMNN_FAULT";
+
+    fn fault() -> Option<&'static str> {
+        static FAULT: OnceLock<Option<String>> = OnceLock::new();
+        FAULT.get_or_init(|| std::env::var(VAR).ok()).as_deref()
+    }
+
+    /// Aborts here if the fault names this stage and file.
+    pub fn crash_point(stage: &str, path: &Path) {
+        let Some(spec) = fault().and_then(|f| f.strip_prefix("crash:")) else { return };
+        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        if spec.split_once(':').is_some_and(|(s, f)| s == stage && f == name) {
+            eprintln!("{VAR}: crashing at {stage} {}", path.display());
+            std::process::abort();
+        }
+    }
+
+    /// The epoch after which training is to stop, if the fault asks.
+    pub fn stop_after_epoch() -> Option<usize> {
+        fault()?.strip_prefix("stop-after-epoch:")?.parse().ok()
+    }
 }
 
 /// Seconds since the Unix epoch as `YYYYmmdd-HHMMSS` (UTC).

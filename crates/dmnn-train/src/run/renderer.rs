@@ -33,6 +33,7 @@ struct EpochTableInner {
     columns: Option<Vec<String>>,
     write_error: Option<String>,
     clock: Option<WallClock>,
+    stop_after: Option<(usize, burn::train::Interrupter)>,
 }
 
 /// Where the run's total wall time is kept, and what it was when this process started.
@@ -54,6 +55,13 @@ impl EpochTable {
     /// (JSON: `{"seconds": s}`): `before` from earlier processes plus this one's since `start`.
     pub fn with_wall_clock(self, path: PathBuf, before: f64, start: Instant) -> Self {
         self.inner.lock().unwrap().clock = Some(WallClock { path, before, start });
+        self
+    }
+
+    /// Stops training through `interrupter` once epoch `epoch` is logged (fault injection of the
+    /// crash-safety tests, the same stop as the terminal UI's).
+    pub fn with_stop_after(self, epoch: usize, interrupter: burn::train::Interrupter) -> Self {
+        self.inner.lock().unwrap().stop_after = Some((epoch, interrupter));
         self
     }
 
@@ -113,6 +121,11 @@ impl MetricLogger for EpochTable {
             });
             if let Err(e) = written {
                 inner.write_error.get_or_insert_with(|| crate::error::io_message(&csv, &e));
+            }
+        }
+        if let Some((epoch, interrupter)) = &inner.stop_after {
+            if summary.epoch_number >= *epoch {
+                interrupter.stop(None);
             }
         }
         if let Some(clock) = &inner.clock {
