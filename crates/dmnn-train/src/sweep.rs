@@ -87,6 +87,10 @@ pub struct GridGroup {
     /// More `dmnn train` flags for this group's runs.
     #[serde(default)]
     pub args: Vec<String>,
+    /// A word added to the names of this group's runs (needed when `args` make them differ
+    /// from another group's runs of the same point).
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// A grid of runs.
@@ -181,6 +185,22 @@ impl Grid {
             {
                 return Err(format!("`{a}` is set by the grid itself, not in args"));
             }
+            if let Some(t) =
+                g.tag.as_ref().filter(|t| t.is_empty() || !t.chars().all(|c| c.is_ascii_alphanumeric() || c == '.'))
+            {
+                return Err(format!("{at}: tag {t:?} must be letters, digits or dots"));
+            }
+        }
+        let runs = self.runs();
+        for (i, r) in runs.iter().enumerate() {
+            if let Some(other) = runs[..i].iter().find(|o| o.name == r.name) {
+                return Err(format!(
+                    "two runs are named {} with other arguments ({} / {}); give one group a `tag`",
+                    r.name,
+                    other.args.join(" "),
+                    r.args.join(" ")
+                ));
+            }
         }
         Ok(())
     }
@@ -228,10 +248,8 @@ impl Grid {
                             }
                         }
                         for (name, point_args) in points {
-                            let name = format!("{name}-e{e}-s{seed}");
-                            if runs.iter().any(|r| r.name == name) {
-                                continue;
-                            }
+                            let tag = g.tag.as_ref().map(|t| format!("-{t}")).unwrap_or_default();
+                            let name = format!("{name}{tag}-e{e}-s{seed}");
                             let dir = self.out.join(&name);
                             let mut args: Vec<String> =
                                 vec!["train".into(), "--plain".into(), "--model".into(), model.clone()];
@@ -240,7 +258,10 @@ impl Grid {
                             args.extend(self.args.iter().cloned());
                             args.extend(g.args.iter().cloned());
                             args.extend(["--out".into(), dir.display().to_string()]);
-                            runs.push(SweepRun { name, dir, args });
+                            // a point that two groups share runs once
+                            if !runs.iter().any(|r| r.name == name && r.args == args) {
+                                runs.push(SweepRun { name, dir, args });
+                            }
                         }
                     }
                 }
@@ -395,6 +416,12 @@ mod tests {
                 .unwrap_err()
                 .to_string();
         assert!(err.contains("`--seed` is set by the grid"), "{err}");
+        let clash = "out = \"x\"\nseeds = [1]\nepochs = [1]\n[[group]]\nmodels = [\"a\"]\n[[group]]\nmodels = [\"a\"]\nargs = [\"--lr\", \"1\"]\n";
+        let err = grid(clash).unwrap_err().to_string();
+        assert!(err.contains("two runs are named a-e1-s1") && err.contains("`tag`"), "{err}");
+        let tagged = grid(&clash.replace("args = [", "tag = \"lr1\"\nargs = [")).unwrap();
+        let names: Vec<String> = tagged.runs().into_iter().map(|r| r.name).collect();
+        assert_eq!(names, ["a-e1-s1", "a-lr1-e1-s1"]);
         let err = grid("out = \"x\"\nseed = [1]\n").unwrap_err().to_string();
         assert!(err.contains("sweep grid") && err.contains("seed"), "{err}");
     }
