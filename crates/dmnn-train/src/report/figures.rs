@@ -17,7 +17,7 @@ static REGISTER: Once = Once::new();
 type Draw = std::result::Result<(), Box<dyn std::error::Error>>;
 
 /// Series colours: distinguishable on white, in this order.
-const COLOURS: [RGBColor; 10] = [
+const COLOURS: [RGBColor; 20] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -28,6 +28,16 @@ const COLOURS: [RGBColor; 10] = [
     RGBColor(127, 127, 127),
     RGBColor(188, 189, 34),
     RGBColor(23, 190, 207),
+    RGBColor(0, 0, 128),
+    RGBColor(170, 110, 0),
+    RGBColor(0, 100, 60),
+    RGBColor(128, 0, 64),
+    RGBColor(90, 60, 160),
+    RGBColor(60, 60, 60),
+    RGBColor(255, 187, 120),
+    RGBColor(152, 223, 138),
+    RGBColor(174, 199, 232),
+    RGBColor(255, 152, 150),
 ];
 
 /// The colour of series `i`.
@@ -78,6 +88,25 @@ fn legend_room(range: std::ops::Range<f64>, rows: usize, plot_height: f64) -> st
     range.start..range.end + span * share / (1.0 - share)
 }
 
+/// Draws the legend of `chart`'s labelled series at `position`, text `size` pixels high.
+fn legend<'a, DB: DrawingBackend + 'a, CT: plotters::coord::CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+    size: u32,
+) -> Draw
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .label_font((FONT, size))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .draw()?;
+    Ok(())
+}
+
 /// One run in the error-vs-GMACs figure.
 #[derive(Debug, Clone)]
 pub struct RunPoint {
@@ -117,11 +146,13 @@ pub fn error_vs_gmacs(path: &Path, title: &str, runs: &[RunPoint], sweeps: &[Swe
         .flat_map(|r| [r.gmacs - r.gmacs_std, r.gmacs + r.gmacs_std])
         .chain(sweeps.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
     let ys = runs.iter().map(|r| r.error).chain(sweeps.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
-    let legend_rows = series.len() + if sweeps.is_empty() { 0 } else { 2 };
-    let (x_range, y_range) = (padded(xs, 0.08), legend_room(padded(ys, 0.08), legend_rows, 480.0));
-    png(path, (960, 600), |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(title, (FONT, 20))
+    let (x_range, y_range) = (padded(xs, 0.08), padded(ys, 0.1));
+    // the legend has a column of its own: a study has a dozen series
+    let height = 620.max(110 + 20 * (series.len() as u32 + 3));
+    png(path, (1240, height), |root| {
+        let root = root.titled(title, (FONT, 20))?;
+        let (plot, side) = root.split_horizontally(900);
+        let mut chart = ChartBuilder::on(&plot)
             .margin(12)
             .x_label_area_size(48)
             .y_label_area_size(64)
@@ -163,34 +194,25 @@ pub fn error_vs_gmacs(path: &Path, title: &str, runs: &[RunPoint], sweeps: &[Swe
             }
         }
         // the legend: one entry per series, then what the marks mean
+        let row = |i: usize| 30 + 20 * i as i32;
         for (i, name) in series.iter().enumerate() {
             let c = colour(i);
             let dynamic =
                 runs.iter().any(|r| r.series == *name && r.dynamic) || sweeps.iter().any(|s| s.series == *name);
-            let anno = chart.draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?;
             if dynamic {
-                anno.label(*name).legend(move |(x, y)| Circle::new((x + 8, y), 5, c.filled()));
+                side.draw(&Circle::new((16, row(i)), 5, c.filled()))?;
             } else {
-                anno.label(*name).legend(move |(x, y)| Rectangle::new([(x + 3, y - 5), (x + 13, y + 5)], c.filled()));
+                side.draw(&Rectangle::new([(11, row(i) - 5), (21, row(i) + 5)], c.filled()))?;
             }
+            side.draw(&Text::new(name.to_string(), (32, row(i) - 7), (FONT, 13)))?;
         }
         if !sweeps.is_empty() {
-            chart
-                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
-                .label("threshold sweep of a dynamic run (0.3 … 0.95)")
-                .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.6)));
-            chart
-                .draw_series(std::iter::empty::<Circle<(f64, f64), i32>>())?
-                .label("the same run with every path on (threshold 0)")
-                .legend(|(x, y)| Cross::new((x + 8, y), 6, BLACK.stroke_width(2)));
+            let (a, b) = (row(series.len() + 1), row(series.len() + 2));
+            side.draw(&PathElement::new(vec![(6, a), (26, a)], BLACK.mix(0.6)))?;
+            side.draw(&Text::new("threshold sweep (0.3 … 0.95)", (32, a - 7), (FONT, 12)))?;
+            side.draw(&Cross::new((16, b), 6, BLACK.stroke_width(2)))?;
+            side.draw(&Text::new("every path on (threshold 0)", (32, b - 7), (FONT, 12)))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()?;
         Ok(())
     })
 }
@@ -417,13 +439,7 @@ pub fn gmacs_histogram(path: &Path, title: &str, gmacs: &[f64], gmacs_full: f64)
             ))?
             .label(format!("every path on: {gmacs_full:.5} GMACs"))
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour(3).stroke_width(2)));
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperMiddle)
-            .label_font((FONT, 12))
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK.mix(0.4))
-            .draw()?;
+        legend(&mut chart, SeriesLabelPosition::UpperMiddle, 12)?;
         Ok(())
     })
 }
@@ -497,13 +513,7 @@ pub fn training_curves(path: &Path, title: &str, panels: &[Panel]) -> Result<()>
                 });
                 chart.draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))?;
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .label_font((FONT, 11))
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .draw()?;
+            legend(&mut chart, SeriesLabelPosition::UpperRight, 11)?;
         }
         Ok(())
     })
