@@ -226,8 +226,8 @@ pub struct Tile {
     pub height: usize,
     /// Width of the image.
     pub width: usize,
-    /// Caption lines under the image.
-    pub caption: [String; 2],
+    /// Caption lines under the image (long ones are shortened to fit).
+    pub caption: [String; 3],
     /// Draws the caption in red (a wrong prediction).
     pub wrong: bool,
 }
@@ -249,7 +249,17 @@ const GAP: usize = 28;
 /// Side of a tile on the figure.
 const TILE: usize = 84;
 const COLUMN: usize = 124;
-const ROW: usize = 22 + TILE + 34;
+const ROW: usize = 22 + TILE + 48;
+/// Characters of a caption line that fit under a tile.
+const CAPTION_CHARS: usize = 19;
+
+fn fit(line: &str) -> String {
+    if line.chars().count() <= CAPTION_CHARS {
+        line.to_string()
+    } else {
+        line.chars().take(CAPTION_CHARS - 1).chain(['…']).collect()
+    }
+}
 
 /// Figure 2: rows of test images with their captions.
 pub fn tiles(path: &Path, title: &str, rows: &[TileRow]) -> Result<()> {
@@ -280,8 +290,9 @@ pub fn tiles(path: &Path, title: &str, rows: &[TileRow]) -> Result<()> {
                     plotters::style::text_anchor::VPos::Top,
                 ));
                 let cx = (column + COLUMN / 2) as i32;
-                root.draw(&Text::new(tile.caption[0].clone(), (cx, (y0 + TILE + 3) as i32), style.clone()))?;
-                root.draw(&Text::new(tile.caption[1].clone(), (cx, (y0 + TILE + 17) as i32), style))?;
+                for (k, line) in tile.caption.iter().enumerate() {
+                    root.draw(&Text::new(fit(line), (cx, (y0 + TILE + 3 + 14 * k) as i32), style.clone()))?;
+                }
             }
         }
         Ok(())

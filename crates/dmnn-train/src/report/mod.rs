@@ -447,14 +447,13 @@ fn run_figures(r: &RunRecord, a: &RunAnalysis, dir: &Path) -> Result<Vec<PathBuf
         let pixels = (0..h * w).map(|p| [channel(0, p), channel(1, p), channel(2, p)]).collect();
         let (label, pred) = (images.label[k] as usize, images.pred[k] as usize);
         let name = |i: usize| names.get(i).cloned().unwrap_or_else(|| i.to_string());
-        let caption = if label == pred { name(label) } else { format!("{} → {}", name(label), name(pred)) };
-        Tile {
-            pixels,
-            height: h,
-            width: w,
-            caption: [caption, format!("{:.5} GMACs", images.macs[k] / 1e9)],
-            wrong: label != pred,
-        }
+        let gmacs = format!("{:.5} GMACs", images.macs[k] / 1e9);
+        let caption = if label == pred {
+            [name(label), gmacs, String::new()]
+        } else {
+            [name(label), format!("taken for {}", name(pred)), gmacs]
+        };
+        Tile { pixels, height: h, width: w, caption, wrong: label != pred }
     };
     // fewest MACs first; ties in dataset order
     let mut order: Vec<usize> = (0..images.len()).collect();
@@ -481,7 +480,7 @@ fn run_figures(r: &RunRecord, a: &RunAnalysis, dir: &Path) -> Result<Vec<PathBuf
     let path = dir.join("easy_hard.png");
     figures::tiles(
         &path,
-        &format!("Easy and hard test images of {} (caption: label → prediction where wrong, in red)", r.name),
+        &format!("Easy and hard test images of {} (label; in red, what a wrong prediction took it for)", r.name),
         &overall,
     )?;
     written.push(path);
@@ -489,9 +488,11 @@ fn run_figures(r: &RunRecord, a: &RunAnalysis, dir: &Path) -> Result<Vec<PathBuf
     let per_class: Vec<TileRow> = (0..shown)
         .map(|class| {
             let of_class: Vec<usize> = order.iter().copied().filter(|&k| images.label[k] as usize == class).collect();
-            let mut tiles: Vec<Tile> = of_class.iter().take(3).map(|&k| tile(k)).collect();
+            let easiest: Vec<usize> = of_class.iter().copied().take(3).collect();
+            let rest: Vec<usize> = of_class.iter().copied().filter(|k| !easiest.contains(k)).collect();
+            let mut tiles: Vec<Tile> = easiest.iter().map(|&k| tile(k)).collect();
             let gap_before = Some(tiles.len());
-            tiles.extend(hardest(&of_class, 3).into_iter().map(tile));
+            tiles.extend(hardest(&rest, 3).into_iter().map(tile));
             TileRow { title: format!("{}: the 3 easiest | the 3 hardest", names[class]), tiles, gap_before }
         })
         .collect();
