@@ -114,10 +114,13 @@ pub struct RunPoint {
     pub series: String,
     /// Mean executed GMACs per image.
     pub gmacs: f64,
-    /// Their standard deviation over the test images.
+    /// The horizontal bar: the standard deviation of the GMACs (over the test images, or over
+    /// the seeds for a configuration's mean).
     pub gmacs_std: f64,
     /// Top-1 error in %.
     pub error: f64,
+    /// The vertical bar: the standard deviation of the error over the seeds (0: none drawn).
+    pub error_std: f64,
     /// A dynamic network (circle) or a static one (square).
     pub dynamic: bool,
 }
@@ -132,8 +135,8 @@ pub struct SweepCurve {
     pub points: Vec<(f64, f64)>,
 }
 
-/// Figure 1: top-1 error against executed GMACs per image.
-pub fn error_vs_gmacs(path: &Path, title: &str, runs: &[RunPoint], sweeps: &[SweepCurve]) -> Result<()> {
+/// Figure 1: top-1 error against executed GMACs per image; `bars` says what the error bars are.
+pub fn error_vs_gmacs(path: &Path, title: &str, bars: &str, runs: &[RunPoint], sweeps: &[SweepCurve]) -> Result<()> {
     let mut series: Vec<&str> = Vec::new();
     for name in runs.iter().map(|r| r.series.as_str()).chain(sweeps.iter().map(|s| s.series.as_str())) {
         if !series.contains(&name) {
@@ -145,7 +148,10 @@ pub fn error_vs_gmacs(path: &Path, title: &str, runs: &[RunPoint], sweeps: &[Swe
         .iter()
         .flat_map(|r| [r.gmacs - r.gmacs_std, r.gmacs + r.gmacs_std])
         .chain(sweeps.iter().flat_map(|s| s.points.iter().map(|p| p.0)));
-    let ys = runs.iter().map(|r| r.error).chain(sweeps.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
+    let ys = runs
+        .iter()
+        .flat_map(|r| [r.error - r.error_std, r.error + r.error_std])
+        .chain(sweeps.iter().flat_map(|s| s.points.iter().map(|p| p.1)));
     let (x_range, y_range) = (padded(xs, 0.08), padded(ys, 0.1));
     // the legend has a column of its own: a study has a dozen series
     let height = 620.max(110 + 20 * (series.len() as u32 + 3));
@@ -159,7 +165,7 @@ pub fn error_vs_gmacs(path: &Path, title: &str, runs: &[RunPoint], sweeps: &[Swe
             .build_cartesian_2d(x_range, y_range)?;
         chart
             .configure_mesh()
-            .x_desc("executed GMACs per image (mean over the test images; bars: ± one std)")
+            .x_desc(format!("executed GMACs per image ({bars})"))
             .y_desc("top-1 error (%)")
             .x_label_formatter(&|v| format!("{v:.4}"))
             .y_label_formatter(&|v| format!("{v:.2}"))
@@ -185,6 +191,16 @@ pub fn error_vs_gmacs(path: &Path, title: &str, runs: &[RunPoint], sweeps: &[Swe
                 c.stroke_width(1),
                 8,
             )))?;
+            if r.error_std > 0.0 {
+                chart.draw_series(std::iter::once(ErrorBar::new_vertical(
+                    r.gmacs,
+                    r.error - r.error_std,
+                    r.error,
+                    r.error + r.error_std,
+                    c.stroke_width(1),
+                    8,
+                )))?;
+            }
             if r.dynamic {
                 chart.draw_series(std::iter::once(Circle::new((r.gmacs, r.error), 5, c.filled())))?;
             } else {
