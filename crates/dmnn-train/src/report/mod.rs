@@ -227,13 +227,19 @@ pub fn write_report<B: Backend>(
             None => groups.push((key, Group { label: r.label(), runs: vec![(r, a)] })),
         }
     }
-    let mut labels: BTreeMap<String, usize> = BTreeMap::new();
+    // configurations that share a short name (other flags, as a sweep's tagged groups) go by
+    // their first run's directory name, seed left out
+    let mut count: BTreeMap<String, usize> = BTreeMap::new();
     for (_, g) in &mut groups {
         g.runs.sort_by_key(|(r, _)| r.config.seed);
-        let seen = labels.entry(g.label.clone()).or_default();
-        *seen += 1;
-        if *seen > 1 {
-            g.label = format!("{} #{seen}", g.label);
+        *count.entry(g.label.clone()).or_default() += 1;
+    }
+    for (_, g) in &mut groups {
+        if count[&g.label] > 1 {
+            let name = &g.runs[0].0.name;
+            let stem =
+                name.rsplit_once("-s").filter(|(_, s)| s.parse::<u64>().is_ok()).map_or(name.as_str(), |(a, _)| a);
+            g.label = format!("{} [{stem}]", g.label);
         }
     }
     let groups: Vec<Group<'_>> = groups.into_iter().map(|(_, g)| g).collect();
