@@ -155,7 +155,7 @@ pub fn error_vs_gmacs(path: &Path, title: &str, bars: &str, runs: &[RunPoint], s
     let (x_range, y_range) = (padded(xs, 0.08), padded(ys, 0.1));
     // the legend has a column of its own: a study has a dozen series
     let height = 620.max(110 + 20 * (series.len() as u32 + 3));
-    png(path, (1240, height), |root| {
+    png(path, (1420, height), |root| {
         let root = root.titled(title, (FONT, 20))?;
         let (plot, side) = root.split_horizontally(900);
         let mut chart = ChartBuilder::on(&plot)
