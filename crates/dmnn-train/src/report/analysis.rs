@@ -21,7 +21,7 @@ use crate::run::{write_atomic, RunDir};
 pub const SWEEP_THRESHOLDS: [f64; 6] = [0.0, 0.3, 0.5, 0.7, 0.85, 0.95];
 
 /// Bumped when [`RunAnalysis`] changes meaning, so older caches are recomputed.
-const CACHE_VERSION: u32 = 1;
+pub const CACHE_VERSION: u32 = 1;
 
 /// Every evaluated test image, in dataset order.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
