@@ -83,7 +83,7 @@ pub struct SweepArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub backend: BackendArgs,
-    /// The grid (TOML or JSON: out, seeds, epochs, args, [[group]] models × target_rates ×
+    /// The grid (TOML or JSON: out, seeds, epochs, args, `[[group]]` models × target_rates ×
     /// controllers × width_mults).
     #[arg(long)]
     pub config: PathBuf,
