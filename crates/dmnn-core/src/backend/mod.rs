@@ -55,22 +55,32 @@ pub enum FastPath {
     /// In training, batch norms run as one autodiff operation on the host, forward and backward
     /// ([`AutodiffKernels`]).
     HostBatchNorm,
+    /// Sparse execution regroups samples by copying runs of consecutive rows into each group with
+    /// one `cat` ([`RowGather::CatRuns`](crate::exec::RowGather)) rather than one `select` per
+    /// group ([`RowGather::Select`](crate::exec::RowGather)), in inference and training.
+    RowRunGather,
 }
 
 impl FastPath {
     /// Every fast path.
-    pub const ALL: [FastPath; 6] = [
+    pub const ALL: [FastPath; 7] = [
         Self::ConcurrentBranches,
         Self::OneImageIm2col,
         Self::HostMaxPool,
         Self::SubsampledProjection,
         Self::MatmulConv,
         Self::HostBatchNorm,
+        Self::RowRunGather,
     ];
 
     /// Whether the fast path is for training (autodiff) rather than inference.
     pub fn is_training(self) -> bool {
         matches!(self, Self::MatmulConv | Self::HostBatchNorm)
+    }
+
+    /// Whether the fast path applies both in training and in inference.
+    pub fn is_for_both(self) -> bool {
+        matches!(self, Self::RowRunGather)
     }
 
     /// The name used in [`FAST_PATHS_ENV`] and in reports.
@@ -82,6 +92,7 @@ impl FastPath {
             Self::SubsampledProjection => "subsampled-projection",
             Self::MatmulConv => "matmul-conv",
             Self::HostBatchNorm => "host-batch-norm",
+            Self::RowRunGather => "row-run-gather",
         }
     }
 
@@ -108,6 +119,11 @@ impl FastPath {
             Self::HostBatchNorm => {
                 "a training batch norm is some forty burn tensor operations forward and backward, each \
                  with its own pass and allocation (burn has no fused batch-norm kernel for burn-flex)"
+            }
+            Self::RowRunGather => {
+                "a select of rows from several tensors needs them joined first, one more pass over the \
+                 batch; on burn-flex a slice is a view and a cat copies all its pieces in one pass, \
+                 while burn-cubecl launches a copy kernel per cat piece, so elsewhere a group is one select"
             }
         }
     }
@@ -144,7 +160,10 @@ impl FastPaths {
         let inner = innermost_backend(name);
         if autodiff {
             return match inner {
-                "flex" | "ndarray" => Self::NONE.with(FastPath::MatmulConv).with(FastPath::HostBatchNorm),
+                "flex" => {
+                    Self::NONE.with(FastPath::MatmulConv).with(FastPath::HostBatchNorm).with(FastPath::RowRunGather)
+                }
+                "ndarray" => Self::NONE.with(FastPath::MatmulConv).with(FastPath::HostBatchNorm),
                 _ => Self::NONE,
             };
         }
@@ -153,7 +172,8 @@ impl FastPaths {
                 .with(FastPath::ConcurrentBranches)
                 .with(FastPath::OneImageIm2col)
                 .with(FastPath::HostMaxPool)
-                .with(FastPath::SubsampledProjection),
+                .with(FastPath::SubsampledProjection)
+                .with(FastPath::RowRunGather),
             "ndarray" => Self::NONE.with(FastPath::ConcurrentBranches),
             _ => Self::NONE,
         }
@@ -174,9 +194,10 @@ impl FastPaths {
         Self(self.0 & !path.bit())
     }
 
-    /// The training fast paths of the set (`training`) or its inference ones.
+    /// The training fast paths of the set (`training`) or its inference ones; those for both
+    /// either way.
     pub fn for_training(self, training: bool) -> Self {
-        self.iter().filter(|p| p.is_training() == training).fold(Self::NONE, Self::with)
+        self.iter().filter(|p| p.is_for_both() || p.is_training() == training).fold(Self::NONE, Self::with)
     }
 
     /// The fast paths of the set, in [`FastPath::ALL`] order.
@@ -245,7 +266,7 @@ mod tests {
         assert_eq!(flex.iter().collect::<Vec<_>>(), inference);
         // Autodiff<Flex> is a wrapped backend: its name is `autodiff<flex>`
         let ad = FastPaths::for_backend(&Autodiff::<Flex>::name(&device), Autodiff::<Flex>::ad_enabled(&device));
-        assert_eq!(ad.describe(), "matmul-conv, host-batch-norm");
+        assert_eq!(ad.describe(), "matmul-conv, host-batch-norm, row-run-gather");
         assert_eq!(FastPaths::probe::<Autodiff<Flex>>(&device), ad);
     }
 
@@ -255,7 +276,10 @@ mod tests {
             assert_eq!(FastPaths::for_backend(name, false), FastPaths::for_backend("flex", false), "{name}");
         }
         assert_eq!(FastPaths::for_backend("dispatch<ndarray>", false).describe(), "concurrent-branches");
-        assert_eq!(FastPaths::for_backend("autodiff<dispatch<flex>>", true).describe(), "matmul-conv, host-batch-norm");
+        assert_eq!(
+            FastPaths::for_backend("autodiff<dispatch<flex>>", true).describe(),
+            "matmul-conv, host-batch-norm, row-run-gather"
+        );
         assert_eq!(FastPaths::for_backend("autodiff<fusion<cuda>>", true), FastPaths::NONE);
         for gpu in ["fusion<cubecl<cuda>>", "wgpu", "fusion<wgpu<vulkan>>"] {
             assert_eq!(FastPaths::for_backend(gpu, false).describe(), "none", "{gpu}");

@@ -52,11 +52,11 @@ pub fn sparse_grouped<B: Backend>(
     block.check_gates(batch.batch_size(), &gates);
     let patterns = gate_patterns(&gates);
     if B::ad_enabled(&gates.device()) {
-        let (batch, patterns) = batch.regroup(&patterns);
+        let (batch, patterns) = batch.regroup(&patterns, kernels.row_gather());
         return autodiff::sparse_autodiff(block, batch, &patterns, gates, kernels);
     }
     let concurrent = kernels.concurrent(block.largest_activation(batch.dims()));
-    batch.regroup_map(&patterns, concurrent, |pattern, x| {
+    batch.regroup_map(&patterns, kernels.row_gather(), concurrent, |pattern, x| {
         let on: Vec<usize> = (0..block.num_paths()).filter(|i| pattern >> i & 1 == 1).collect();
         block.residual(x, &on, &|_, y| y, kernels, concurrent)
     })
