@@ -11,6 +11,7 @@
 //! cargo xtask report --run runs/A [--run runs/B ...] [--out DIR]
 //! cargo xtask sweep --config studies/fashion-mnist.toml
 //! cargo xtask check-features                 # cargo check of the wgpu and cuda builds
+//! cargo xtask gpu-bundle [--backend cuda|wgpu] [--out DIR]   # stripped binary + scripts/gpu-check.sh
 //! ```
 //!
 //! Every backend gets its own target directory (`target/` for the CPU, `target/wgpu`,
@@ -21,16 +22,26 @@ use std::process::{Command, ExitCode};
 
 use anyhow::{bail, Context, Result};
 
-const DMNN_COMMANDS: [&str; 9] =
-    ["train", "train-imagenet", "eval", "cost", "bench", "init-from-torchvision", "export", "report", "sweep"];
+const DMNN_COMMANDS: [&str; 10] = [
+    "train",
+    "train-imagenet",
+    "eval",
+    "cost",
+    "bench",
+    "init-from-torchvision",
+    "export",
+    "report",
+    "sweep",
+    "synth-imagenet",
+];
 /// Commands that run on the CPU build whatever the backend.
-const CPU_ONLY: [&str; 3] = ["cost", "init-from-torchvision", "export"];
+const CPU_ONLY: [&str; 4] = ["cost", "init-from-torchvision", "export", "synth-imagenet"];
 const BACKENDS: [&str; 3] = ["cpu", "wgpu", "cuda"];
 
 fn usage() -> String {
     format!(
         "usage: cargo xtask <command> [--backend cpu|wgpu|cuda] [args...]\n\
-         commands: {}, check-features\n\
+         commands: {}, check-features, gpu-bundle\n\
          every argument after the command goes to `dmnn <command>` (see `cargo xtask <command> --help`)",
         DMNN_COMMANDS.join(", ")
     )
@@ -107,6 +118,7 @@ fn run() -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        "gpu-bundle" => gpu_bundle(args),
         c if DMNN_COMMANDS.contains(&c) => {
             let backend = take_backend(&mut args)?;
             let mut cmd = cargo();
@@ -127,6 +139,57 @@ fn run() -> Result<ExitCode> {
         }
         other => bail!("unknown command '{other}'\n{}", usage()),
     }
+}
+
+/// `gpu-bundle [--backend cuda|wgpu] [--out DIR]`: a release build of `dmnn` with the GPU
+/// backend, stripped, beside `scripts/gpu-check.sh` and a manifest, in one folder to copy to a GPU
+/// machine that has neither network nor Rust (docs/gpu.md).
+fn gpu_bundle(mut args: Vec<String>) -> Result<ExitCode> {
+    let backend = match take_backend(&mut args)?.as_str() {
+        "cpu" => "cuda".to_string(),
+        b => b.to_string(),
+    };
+    let mut out = std::path::PathBuf::from(format!("dist/gpu-bundle-{backend}"));
+    match args.as_slice() {
+        [] => {}
+        [flag, dir] if flag == "--out" => out = dir.into(),
+        [arg, ..] => bail!("gpu-bundle takes --backend cuda|wgpu and --out DIR; '{arg}' is not one of them"),
+    }
+    eprintln!("xtask: release build of dmnn with `{backend}` (target/{backend})");
+    let mut cmd = cargo();
+    cmd.args(["build", "--release", "--locked", "--package", "dmnn-train", "--bin", "dmnn"]);
+    with_backend(&mut cmd, &backend);
+    let code = status(cmd)?;
+    if code != ExitCode::SUCCESS {
+        return Ok(code);
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let binary = out.join("dmnn");
+    std::fs::copy(format!("target/{backend}/release/dmnn"), &binary)
+        .with_context(|| format!("copying target/{backend}/release/dmnn to {}", binary.display()))?;
+    let stripped = Command::new("strip").arg(&binary).status().map(|s| s.success()).unwrap_or(false);
+    if !stripped {
+        eprintln!("xtask: `strip` is not available or failed: the binary keeps its symbols (larger, works the same)");
+    }
+    let script = out.join("gpu-check.sh");
+    std::fs::copy("scripts/gpu-check.sh", &script).context("copying scripts/gpu-check.sh")?;
+    let commit = Command::new("git")
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let size = std::fs::metadata(&binary).map(|m| m.len()).unwrap_or(0);
+    let manifest = format!(
+        "dmnn GPU bundle\ncommit {commit}\nbackend {backend} (Burn's fusion and autotune on)\nbinary dmnn, {size} bytes{}\n\n\
+         run on the GPU machine:\n  ./gpu-check.sh --backend {backend}\nand bring back the folder it names at the end \
+         (CSV files and log.txt); docs/gpu.md says what each file holds.\n",
+        if stripped { ", stripped" } else { "" }
+    );
+    std::fs::write(out.join("MANIFEST.txt"), manifest).context("writing MANIFEST.txt")?;
+    println!("bundle: {} (dmnn {:.1} MiB, gpu-check.sh, MANIFEST.txt)", out.display(), size as f64 / (1 << 20) as f64);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {

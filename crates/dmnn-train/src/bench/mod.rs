@@ -25,11 +25,13 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::{Result, TrainError};
 
+mod kernels;
 mod memory;
 mod pipeline;
 mod pytorch;
 mod train;
 
+pub use kernels::*;
 pub use memory::*;
 pub use pipeline::*;
 pub use pytorch::*;
@@ -57,18 +59,22 @@ pub struct BenchRow {
     /// `(1 − t_sparse/t_full) / (1 − macs_ratio)` on sparse rows with `macs_ratio < 1`, with
     /// `t_sparse/t_full` the median of the ratios of each sparse run to the full run just before.
     pub efficiency: Option<f64>,
-    /// That median ratio `t_sparse/t_full` on sparse rows (not written to the CSV).
+    /// That median ratio `t_sparse/t_full` on sparse rows (`sparse_over_full` in the CSV).
     pub ratio_to_full: Option<f64>,
+    /// Kernels one pass launches, on a GPU backend whose launches are counted
+    /// ([`install_kernel_counter`]); empty elsewhere.
+    pub kernels: Option<u64>,
 }
 
 /// The CSV header.
-pub const CSV_HEADER: &str = "model,image_size,batch,rate,mode,ms_median,ms_min,macs_ratio,efficiency";
+pub const CSV_HEADER: &str =
+    "model,image_size,batch,rate,mode,ms_median,ms_min,macs_ratio,efficiency,sparse_over_full,kernels";
 
 impl BenchRow {
     /// The row as CSV.
     pub fn csv(&self) -> String {
         format!(
-            "{},{},{},{},{},{:.3},{:.3},{:.4},{}",
+            "{},{},{},{},{},{:.3},{:.3},{:.4},{},{},{}",
             self.model,
             self.image_size,
             self.batch,
@@ -77,7 +83,9 @@ impl BenchRow {
             self.ms_median,
             self.ms_min,
             self.macs_ratio,
-            self.efficiency.map(|e| format!("{e:.3}")).unwrap_or_default()
+            self.efficiency.map(|e| format!("{e:.3}")).unwrap_or_default(),
+            self.ratio_to_full.map(|r| format!("{r:.4}")).unwrap_or_default(),
+            self.kernels.map(|k| k.to_string()).unwrap_or_default()
         )
     }
 }
@@ -130,6 +138,59 @@ impl BenchConfig {
             reference_cases: vec![],
             seed: 7,
         }
+    }
+}
+
+/// Inference cases of one model and image size: `model:image_size:batch,batch,...`, or `none`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferenceCases(pub Option<(String, usize, Vec<usize>)>);
+
+impl std::str::FromStr for InferenceCases {
+    type Err = String;
+
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        if s == "none" {
+            return Ok(Self(None));
+        }
+        let parts: Vec<&str> = s.split(':').collect();
+        let [model, size, batches] = parts[..] else {
+            return Err(format!("inference cases '{s}' are not model:image_size:batch,batch,..."));
+        };
+        let count = |what: &str, v: &str| match v.trim().parse::<usize>() {
+            Ok(n) if n > 0 => Ok(n),
+            _ => Err(format!("{what} '{v}' in '{s}' is not a positive count")),
+        };
+        let batches = batches.split(',').map(|b| count("batch", b)).collect::<std::result::Result<Vec<_>, _>>()?;
+        DmnnConfig::preset(model).map_err(|e| format!("'{s}': {e}"))?;
+        Ok(Self(Some((model.to_string(), count("image_size", size)?, batches))))
+    }
+}
+
+impl BenchConfig {
+    /// The configuration with these inference cases, references and rates where given (an
+    /// empty list keeps the configuration's).
+    ///
+    /// # Errors
+    /// A rate outside (0, 1].
+    pub fn with_cases(
+        mut self,
+        cases: &[InferenceCases],
+        references: &[InferenceCases],
+        rates: &[f64],
+    ) -> Result<Self> {
+        if !cases.is_empty() {
+            self.cases = cases.iter().filter_map(|c| c.0.clone()).collect();
+        }
+        if !references.is_empty() {
+            self.reference_cases = references.iter().filter_map(|c| c.0.clone()).collect();
+        }
+        if let Some(bad) = rates.iter().find(|r| !(**r > 0.0 && **r <= 1.0)) {
+            return Err(TrainError::Config(format!("--rates: {bad} is not a gate rate in (0, 1]")));
+        }
+        if !rates.is_empty() {
+            self.rates = rates.to_vec();
+        }
+        Ok(self)
     }
 }
 
@@ -250,6 +311,15 @@ pub fn run_bench<B: AutodiffBackend>(
                     run(case);
                 }
             }
+            // kernels of one warm pass (compilation and autotuning are behind us)
+            let kernels: Vec<Option<u64>> = cases
+                .iter()
+                .map(|case| {
+                    count_kernels(|| {
+                        run(case);
+                    })
+                })
+                .collect();
             // at least `reps` rounds, more for fast cases until `min_seconds` have been spent
             let mut times: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
             let start = Instant::now();
@@ -283,14 +353,17 @@ pub fn run_bench<B: AutodiffBackend>(
                 macs_ratio,
                 efficiency: ratio_to_full.filter(|_| rate < 1.0).map(|r| (1.0 - r) / (1.0 - macs_ratio)),
                 ratio_to_full,
+                kernels: None,
             };
-            emit(row(1.0, "full", (full_median, full_min), 1.0, None));
+            emit(BenchRow { kernels: kernels[0], ..row(1.0, "full", (full_median, full_min), 1.0, None) });
             for (r, &rate) in config.rates.iter().enumerate() {
                 let (t_full, t_sparse, t_masked) = (&times[3 * r], &times[3 * r + 1], &times[3 * r + 2]);
                 let ratios: Vec<f64> = t_sparse.iter().zip(t_full).map(|(s, f)| s / f).collect();
                 let macs_ratio = macs_ratios[r];
-                emit(row(rate, "masked", median_min(t_masked.clone()), macs_ratio, None));
-                emit(row(rate, "sparse", median_min(t_sparse.clone()), macs_ratio, Some(median_min(ratios).0)));
+                let masked = row(rate, "masked", median_min(t_masked.clone()), macs_ratio, None);
+                emit(BenchRow { kernels: kernels[3 * r + 2], ..masked });
+                let sparse = row(rate, "sparse", median_min(t_sparse.clone()), macs_ratio, Some(median_min(ratios).0));
+                emit(BenchRow { kernels: kernels[3 * r + 1], ..sparse });
             }
         }
     }
@@ -298,10 +371,12 @@ pub fn run_bench<B: AutodiffBackend>(
         let (cfg, model) = model_for::<B::InnerBackend>(name, device)?;
         for &batch in batches {
             let x = images::<B::InnerBackend>(&cfg, *size, batch, device);
-            let (ms, min) = time(config.warmup, config.reps, || {
+            let pass = || {
                 let _ = model.forward(x.clone()).logits.into_data();
                 sync(device);
-            });
+            };
+            let (ms, min) = time(config.warmup, config.reps, pass);
+            let kernels = count_kernels(pass);
             let row = BenchRow {
                 model: name.clone(),
                 image_size: *size,
@@ -313,6 +388,7 @@ pub fn run_bench<B: AutodiffBackend>(
                 macs_ratio: 1.0,
                 efficiency: None,
                 ratio_to_full: None,
+                kernels,
             };
             progress(&row);
             rows.push(row);
@@ -370,6 +446,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn inference_cases_parse_and_name_bad_input() {
+        let cases: InferenceCases = "dmnn50:224:1,16,64".parse().unwrap();
+        assert_eq!(cases.0, Some(("dmnn50".to_string(), 224, vec![1, 16, 64])));
+        assert_eq!("none".parse::<InferenceCases>().unwrap().0, None);
+        for (bad, named) in [
+            ("dmnn50:224", "model:image_size"),
+            ("dmnn50:x:1", "'x'"),
+            ("dmnn50:224:1,0", "'0'"),
+            ("nope:28:1", "nope"),
+        ] {
+            let err = bad.parse::<InferenceCases>().unwrap_err();
+            assert!(err.contains(named), "{bad}: {err}");
+        }
+        let config = BenchConfig::quick().with_cases(&[cases], &["none".parse().unwrap()], &[0.5]).unwrap();
+        assert_eq!(config.cases.len(), 1);
+        assert!(config.reference_cases.is_empty());
+        assert_eq!(config.rates, vec![0.5]);
+        assert!(BenchConfig::quick().with_cases(&[], &[], &[1.5]).is_err());
+    }
+
+    #[test]
     fn memory_case_round_trips_and_names_bad_input() {
         let case: MemoryCase = "dmnn50:224:16:0.5:sparse".parse().unwrap();
         assert_eq!(
@@ -397,6 +494,7 @@ mod tests {
             macs_ratio: 1.0,
             efficiency: None,
             ratio_to_full: None,
+            kernels: None,
         };
         let cases = memory_cases(&[row("full"), row("sparse"), row("train"), row("masked")]);
         let modes: Vec<&str> = cases.iter().map(|c| c.mode.as_str()).collect();

@@ -10,6 +10,7 @@ mod fashion_mnist;
 mod imagenet;
 mod loader;
 mod source;
+mod synthetic;
 mod transform;
 
 pub use cifar::*;
@@ -17,6 +18,7 @@ pub use fashion_mnist::*;
 pub use imagenet::*;
 pub use loader::*;
 pub use source::*;
+pub use synthetic::*;
 pub use transform::*;
 
 use std::path::PathBuf;

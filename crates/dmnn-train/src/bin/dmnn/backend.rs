@@ -3,7 +3,8 @@
 
 use anyhow::{bail, Result};
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::backend::AutodiffBackend;
+#[allow(unused_imports)] // `Backend::name` is used by the GPU backends only
+use burn::tensor::backend::{AutodiffBackend, Backend};
 
 /// The backends `dmnn` can be asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
@@ -25,7 +26,8 @@ pub trait BackendJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<Self::Output>;
 }
 
-/// Runs `job` on the requested backend and device index.
+/// Runs `job` on the requested backend and device index. A GPU backend's name carries Burn's own
+/// (`wgpu (fusion<cubecl<wgpu<...>>>)`), so the startup line shows whether kernel fusion is on.
 pub fn dispatch<J: BackendJob>(kind: BackendKind, device: Option<usize>, job: J) -> Result<J::Output> {
     match kind {
         BackendKind::Cpu => {
@@ -41,12 +43,15 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, device: Option<usize>, job: J)
                 Some(i) => WgpuDevice::DiscreteGpu(i),
                 None => WgpuDevice::DefaultDevice,
             };
-            job.run::<Autodiff<Wgpu>>(d, "wgpu")
+            let name = format!("wgpu ({})", <Wgpu as Backend>::name(&d));
+            job.run::<Autodiff<Wgpu>>(d, &name)
         }
         #[cfg(feature = "cuda")]
         BackendKind::Cuda => {
             use burn::backend::cuda::{Cuda, CudaDevice};
-            job.run::<Autodiff<Cuda>>(CudaDevice::new(device.unwrap_or(0)), "cuda")
+            let d = CudaDevice::new(device.unwrap_or(0));
+            let name = format!("cuda ({})", <Cuda as Backend>::name(&d));
+            job.run::<Autodiff<Cuda>>(d, &name)
         }
         #[allow(unreachable_patterns)]
         other => {

@@ -58,6 +58,29 @@ pub enum Command {
     /// Runs a grid of training runs one after another (skips finished runs, resumes a stopped
     /// one), then reports on all of them.
     Sweep(SweepArgs),
+    /// Writes a synthetic tree in ImageNet's layout of real JPEG files (a colour and stripe
+    /// angle per class): input-pipeline and GPU checks without a dataset.
+    SynthImagenet(SynthArgs),
+}
+
+/// Arguments of `synth-imagenet`.
+#[derive(Args, Debug, Clone)]
+pub struct SynthArgs {
+    /// Root of the tree (must not exist or be empty): `train/<wnid>/`, `val/<wnid>/`.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Classes.
+    #[arg(long, default_value_t = 10)]
+    pub classes: usize,
+    /// Training images per class.
+    #[arg(long, default_value_t = 100)]
+    pub train_per_class: usize,
+    /// Validation images per class.
+    #[arg(long, default_value_t = 10)]
+    pub val_per_class: usize,
+    /// Seed of the pixels.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 /// Arguments of `report`.
@@ -210,6 +233,20 @@ pub struct BenchArgs {
     /// resident memory (the benchmark runs each case so, in a fresh process).
     #[arg(long, hide = true)]
     pub memory_case: Option<MemoryCase>,
+    /// Inference cases `model:image_size:batch,batch,...` in place of the default ones (repeat
+    /// for several), e.g. `--cases dmnn50:224:1,16,64,256`.
+    #[arg(long = "cases", conflicts_with = "quick")]
+    pub cases: Vec<dmnn_train::bench::InferenceCases>,
+    /// Static reference cases `model:image_size:batch,...` in place of the default ones (repeat
+    /// for several; `none` for no reference).
+    #[arg(long = "references", conflicts_with = "quick")]
+    pub references: Vec<dmnn_train::bench::InferenceCases>,
+    /// Gate rates, comma-separated, in place of 0.25,0.5,0.75,1.
+    #[arg(long, value_delimiter = ',')]
+    pub rates: Vec<f64>,
+    /// Skip the training benchmark that follows the inference one.
+    #[arg(long, conflicts_with = "train")]
+    pub no_train: bool,
 }
 
 /// Backend and device.

@@ -24,7 +24,9 @@ use dmnn_train::run::{load_run_model, RunDir};
 use dmnn_train::train::{train, RunOptions};
 
 use backend::{dispatch, BackendJob};
-use cli::{BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, ReportArgs, SweepArgs, TrainArgs};
+use cli::{
+    BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, ReportArgs, SweepArgs, SynthArgs, TrainArgs,
+};
 use dmnn_train::report::{write_report, ReportRequest};
 use dmnn_train::sweep::{check_same_run, run_state, Grid, RunState, SweepLock};
 
@@ -55,6 +57,7 @@ fn main() {
         Command::TrainImagenet(args) => run_train(args, true),
         Command::InitFromTorchvision(args) => init_from_torchvision(args),
         Command::Export(args) => export(args),
+        Command::SynthImagenet(args) => synth_imagenet(args),
         Command::Bench(args) => {
             if args.memory_case.is_none() && !args.pipeline {
                 // the training cases of a fresh process (`--train-case`) run so too
@@ -319,7 +322,12 @@ impl BackendJob for BenchJob {
             );
             return Ok(());
         }
-        let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::full() };
+        let mut config = if args.quick { BenchConfig::quick() } else { BenchConfig::full() }.with_cases(
+            &args.cases,
+            &args.references,
+            &args.rates,
+        )?;
+        let counted = !name.starts_with("cpu") && dmnn_train::bench::install_kernel_counter();
         if let Some(r) = args.reps {
             config.reps = r;
             config.min_seconds = 0.0;
@@ -346,6 +354,9 @@ impl BackendJob for BenchJob {
             training_paths.describe()
         );
         println!("dmnn bench on {machine}");
+        if counted {
+            println!("(kernels: launches of one warm pass, counted from CubeCL's launch spans)");
+        }
         let exe = std::env::current_exe().context("locating the dmnn binary")?;
         let suffix = if args.quick { "-quick" } else { "" };
         let out = args
@@ -384,7 +395,7 @@ impl BackendJob for BenchJob {
             dmnn_train::bench::write_memory_csv(&memory_out, &memory, &machine)?;
             println!("wrote {}", memory_out.display());
         }
-        let train_rows = if args.quick {
+        let train_rows = if args.quick || args.no_train {
             Vec::new()
         } else {
             let stem = out.file_stem().and_then(|s| s.to_str()).unwrap_or("bench");
@@ -422,6 +433,19 @@ fn train_bench<B: AutodiffBackend>(
     write_train_csv(out, &rows, machine)?;
     println!("wrote {}", out.display());
     Ok(rows)
+}
+
+fn synth_imagenet(args: SynthArgs) -> Result<()> {
+    let spec = dmnn_train::data::SyntheticImagenet {
+        classes: args.classes,
+        train_per_class: args.train_per_class,
+        val_per_class: args.val_per_class,
+        seed: args.seed,
+        ..Default::default()
+    };
+    let files = spec.write(&args.out)?;
+    println!("wrote {files} JPEG files under {} ({} classes)", args.out.display(), args.classes);
+    Ok(())
 }
 
 fn init_from_torchvision(args: InitArgs) -> Result<()> {

@@ -98,7 +98,10 @@ pub fn bench_header() {
 /// One bench row.
 pub fn bench_row(r: &BenchRow) {
     let eff = r.efficiency.map(|e| format!("{e:.2}")).unwrap_or_default();
-    let extra = r.ratio_to_full.map(|ratio| format!("{ratio:.3} of full")).unwrap_or_default();
+    let mut extra = r.ratio_to_full.map(|ratio| format!("{ratio:.3} of full")).unwrap_or_default();
+    if let Some(k) = r.kernels {
+        extra = format!("{extra} {k} kernels").trim().to_string();
+    }
     println!(
         "{:<12} {:>4} {:>5} {:>5.2} {:<7} {:>10.2} {:>10.2} {:>7.3} {:>6} {}",
         r.model, r.image_size, r.batch, r.rate, r.mode, r.ms_median, r.ms_min, r.macs_ratio, eff, extra
