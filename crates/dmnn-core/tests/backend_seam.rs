@@ -20,8 +20,8 @@ fn the_probe_sees_through_wrappers_and_autodiff() {
     let training = FastPaths::probe::<Autodiff<Flex>>(&Default::default());
     assert_eq!(
         training.iter().collect::<Vec<_>>(),
-        vec![FastPath::MatmulConv, FastPath::HostBatchNorm, FastPath::RowRunGather],
-        "training gets the matmul convolution, the host batch norm and the row-run gather"
+        vec![FastPath::MatmulConv, FastPath::HostBatchNorm, FastPath::GroupedSparse],
+        "training gets the matmul convolution, the host batch norm and grouped sparse execution"
     );
     assert_eq!(Dispatch::name(&dispatch_flex()), "dispatch<flex>");
     assert_eq!(FastPaths::probe::<Dispatch>(&dispatch_flex()), flex, "a wrapped Flex is still Flex");

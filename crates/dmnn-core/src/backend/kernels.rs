@@ -17,7 +17,6 @@ use super::im2col::{conv2d_im2col, im2col_fits};
 use super::pool::max_pool2d_host;
 use super::train_conv::train_conv_geometry;
 use super::{AutodiffKernels, FastPath, FastPaths, MAX_CONCURRENT_ELEMENTS, MIN_CONCURRENT_ELEMENTS};
-use crate::exec::RowGather;
 use crate::layers::BatchNorm2d;
 
 /// A batch norm's inference `(scale, shift)`, each `[channels]`.
@@ -73,12 +72,10 @@ impl<B: Backend> Kernels<B> {
         self.fast
     }
 
-    /// How sparse execution gathers a regrouped sample group ([`FastPath::RowRunGather`]).
-    pub fn row_gather(&self) -> RowGather {
-        match self.fast.contains(FastPath::RowRunGather) {
-            true => RowGather::CatRuns,
-            false => RowGather::Select,
-        }
+    /// Whether sparse execution groups the samples by gate pattern ([`FastPath::GroupedSparse`])
+    /// or runs path by path on the whole batch.
+    pub fn groups_samples(&self) -> bool {
+        self.fast.contains(FastPath::GroupedSparse)
     }
 
     /// `conv.forward(x)`, or one im2col matrix product when the whole batch is one image
@@ -233,12 +230,13 @@ mod tests {
         let all = FastPath::ALL.into_iter().fold(FastPaths::NONE, FastPaths::with);
         assert_eq!(
             Kernels::<Autodiff<Flex>>::new(&device, 1, all).fast_paths().describe(),
-            "matmul-conv, host-batch-norm, row-run-gather"
+            "matmul-conv, host-batch-norm, grouped-sparse"
         );
         let inference = all.without(FastPath::MatmulConv).without(FastPath::HostBatchNorm);
         assert_eq!(Kernels::<Flex>::new(&device, 1, all).fast_paths(), inference);
-        // the gather follows the seam: runs of rows on Flex, one select per group without it
-        assert_eq!(Kernels::<Flex>::probe(&device, 4).row_gather(), RowGather::CatRuns);
-        assert_eq!(Kernels::<Flex>::new(&device, 4, FastPaths::NONE).row_gather(), RowGather::Select);
+        // sparse execution follows the seam: sample groups on Flex, path by path without it
+        assert!(Kernels::<Flex>::probe(&device, 4).groups_samples());
+        assert!(Kernels::<Autodiff<Flex>>::probe(&device, 4).groups_samples());
+        assert!(!Kernels::<Flex>::new(&device, 4, FastPaths::NONE).groups_samples());
     }
 }

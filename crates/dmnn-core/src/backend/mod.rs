@@ -55,10 +55,11 @@ pub enum FastPath {
     /// In training, batch norms run as one autodiff operation on the host, forward and backward
     /// ([`AutodiffKernels`]).
     HostBatchNorm,
-    /// Sparse execution regroups samples by copying runs of consecutive rows into each group with
-    /// one `cat` ([`RowGather::CatRuns`](crate::exec::RowGather)) rather than one `select` per
-    /// group ([`RowGather::Select`](crate::exec::RowGather)), in inference and training.
-    RowRunGather,
+    /// Sparse execution holds the batch as groups of samples that share a gate pattern, each
+    /// group's paths run on its own tensor ([`GroupedBatch`](crate::exec::GroupedBatch)), in
+    /// inference and training; without it each path gathers its samples from the whole batch
+    /// and adds its output back (a bounded number of kernel launches per block).
+    GroupedSparse,
 }
 
 impl FastPath {
@@ -70,7 +71,7 @@ impl FastPath {
         Self::SubsampledProjection,
         Self::MatmulConv,
         Self::HostBatchNorm,
-        Self::RowRunGather,
+        Self::GroupedSparse,
     ];
 
     /// Whether the fast path is for training (autodiff) rather than inference.
@@ -80,7 +81,7 @@ impl FastPath {
 
     /// Whether the fast path applies both in training and in inference.
     pub fn is_for_both(self) -> bool {
-        matches!(self, Self::RowRunGather)
+        matches!(self, Self::GroupedSparse)
     }
 
     /// The name used in [`FAST_PATHS_ENV`] and in reports.
@@ -92,7 +93,7 @@ impl FastPath {
             Self::SubsampledProjection => "subsampled-projection",
             Self::MatmulConv => "matmul-conv",
             Self::HostBatchNorm => "host-batch-norm",
-            Self::RowRunGather => "row-run-gather",
+            Self::GroupedSparse => "grouped-sparse",
         }
     }
 
@@ -120,10 +121,10 @@ impl FastPath {
                 "a training batch norm is some forty burn tensor operations forward and backward, each \
                  with its own pass and allocation (burn has no fused batch-norm kernel for burn-flex)"
             }
-            Self::RowRunGather => {
-                "a select of rows from several tensors needs them joined first, one more pass over the \
-                 batch; on burn-flex a slice is a view and a cat copies all its pieces in one pass, \
-                 while burn-cubecl launches a copy kernel per cat piece, so elsewhere a group is one select"
+            Self::GroupedSparse => {
+                "on a host backend a path's select and select_assign are two more passes over its \
+                 samples and its sum is no longer formed in place; sample groups need neither, and on \
+                 a GPU backend they would launch each path's kernels once per group instead"
             }
         }
     }
@@ -161,7 +162,7 @@ impl FastPaths {
         if autodiff {
             return match inner {
                 "flex" => {
-                    Self::NONE.with(FastPath::MatmulConv).with(FastPath::HostBatchNorm).with(FastPath::RowRunGather)
+                    Self::NONE.with(FastPath::MatmulConv).with(FastPath::HostBatchNorm).with(FastPath::GroupedSparse)
                 }
                 "ndarray" => Self::NONE.with(FastPath::MatmulConv).with(FastPath::HostBatchNorm),
                 _ => Self::NONE,
@@ -173,7 +174,7 @@ impl FastPaths {
                 .with(FastPath::OneImageIm2col)
                 .with(FastPath::HostMaxPool)
                 .with(FastPath::SubsampledProjection)
-                .with(FastPath::RowRunGather),
+                .with(FastPath::GroupedSparse),
             "ndarray" => Self::NONE.with(FastPath::ConcurrentBranches),
             _ => Self::NONE,
         }
@@ -266,7 +267,7 @@ mod tests {
         assert_eq!(flex.iter().collect::<Vec<_>>(), inference);
         // Autodiff<Flex> is a wrapped backend: its name is `autodiff<flex>`
         let ad = FastPaths::for_backend(&Autodiff::<Flex>::name(&device), Autodiff::<Flex>::ad_enabled(&device));
-        assert_eq!(ad.describe(), "matmul-conv, host-batch-norm, row-run-gather");
+        assert_eq!(ad.describe(), "matmul-conv, host-batch-norm, grouped-sparse");
         assert_eq!(FastPaths::probe::<Autodiff<Flex>>(&device), ad);
     }
 
@@ -278,7 +279,7 @@ mod tests {
         assert_eq!(FastPaths::for_backend("dispatch<ndarray>", false).describe(), "concurrent-branches");
         assert_eq!(
             FastPaths::for_backend("autodiff<dispatch<flex>>", true).describe(),
-            "matmul-conv, host-batch-norm, row-run-gather"
+            "matmul-conv, host-batch-norm, grouped-sparse"
         );
         assert_eq!(FastPaths::for_backend("autodiff<fusion<cuda>>", true), FastPaths::NONE);
         for gpu in ["fusion<cubecl<cuda>>", "wgpu", "fusion<wgpu<vulkan>>"] {

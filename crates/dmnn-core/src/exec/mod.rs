@@ -176,6 +176,33 @@ mod tests {
         assert!(block.paths[1].convs()[0].weight.grad(&grads).is_none());
     }
 
+    /// Path by path on the whole batch (the form for GPU backends, the seam's off-switch on the
+    /// CPU): gradients reach the gates and weights of the paths that ran, as with sample groups.
+    /// (With an identity shortcut: a projection's training batch norm sees the whole batch path
+    /// by path, as in masked execution, but each group's samples with sample groups.)
+    #[test]
+    fn path_by_path_sparse_under_autodiff_matches_sample_groups() {
+        let device = Default::default();
+        let c = &configs()[1];
+        let block = c.init::<AD>(&device);
+        let x = input::<AD>(c, 3).require_grad();
+        // path 0 serves samples 0 and 2 (a gather and a scatter-add), path 1 nobody
+        let g = gates::<AD>(&[&[1.0, 0.0], &[0.0, 0.0], &[1.0, 0.0]]).require_grad();
+        let off = Kernels::<AD>::new(&device, 3, crate::backend::FastPaths::NONE);
+        assert!(!off.groups_samples());
+        let path_major = sparse_grouped(&block, GroupedBatch::new(x.clone()), g.clone(), &off).into_tensor();
+        let grads = path_major.clone().sum().backward();
+        let grouped = sparse(&block, x.clone(), g.clone());
+        path_major.into_data().assert_approx_eq::<f32>(&grouped.clone().into_data(), Tolerance::absolute(1e-5));
+        let grouped_grads = grouped.sum().backward();
+        let gg = g.grad(&grads).unwrap().into_data();
+        gg.assert_approx_eq::<f32>(&g.grad(&grouped_grads).unwrap().into_data(), Tolerance::absolute(1e-4));
+        let gg = gg.to_vec::<f32>().unwrap();
+        assert!(gg[0] != 0.0 && gg[4] != 0.0 && gg[2] == 0.0, "{gg:?}");
+        assert!(block.paths[0].convs()[0].weight.grad(&grads).is_some());
+        assert!(block.paths[1].convs()[0].weight.grad(&grads).is_none(), "path 1 served nobody: it did not run");
+    }
+
     #[test]
     #[should_panic = "gates of shape [2, 2] do not fit a block with batch_size=2, num_paths=3"]
     fn wrong_gate_width_panics() {

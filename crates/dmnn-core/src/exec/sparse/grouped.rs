@@ -171,16 +171,16 @@ impl<B: Backend> GroupedBatch<B> {
     /// pattern order, rows within a group in the current order. Returns the groups with their
     /// patterns.
     ///
-    /// A group that is an existing group unchanged is reused and one that is a run of consecutive
-    /// rows of an existing group is a slice of it, without a copy. Any other group is gathered
-    /// as [`RowGather`] says.
+    /// A group is one `cat` of runs of consecutive rows of the current groups; a group that is an
+    /// existing group unchanged is reused and one that is a single run is a slice of it, without
+    /// a copy.
     ///
     /// # Panics
     /// If `patterns` does not have one entry per sample.
-    pub fn regroup(self, patterns: &[PathPattern], how: RowGather) -> (Self, Vec<PathPattern>) {
+    pub fn regroup(self, patterns: &[PathPattern]) -> (Self, Vec<PathPattern>) {
         let plan = self.plan_regroup(patterns);
         let group_patterns = plan.iter().map(|g| g.pattern).collect();
-        (self.gather(plan, how, false, |_, x| x), group_patterns)
+        (self.gather(plan, false, |_, x| x), group_patterns)
     }
 
     /// [`GroupedBatch::regroup`] followed by [`GroupedBatch::map`] with the group's pattern, in
@@ -194,12 +194,11 @@ impl<B: Backend> GroupedBatch<B> {
     pub fn regroup_map(
         self,
         patterns: &[PathPattern],
-        how: RowGather,
         concurrent: bool,
         f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send,
     ) -> Self {
         let plan = self.plan_regroup(patterns);
-        self.gather(plan, how, concurrent, f)
+        self.gather(plan, concurrent, f)
     }
 
     /// Where the rows of every new group come from.
@@ -244,101 +243,37 @@ impl<B: Backend> GroupedBatch<B> {
             .collect()
     }
 
-    /// Gathers the new groups of `plan` and applies `f` to each. A current group's buffer is
-    /// released as soon as every new group drawing on it has been gathered.
+    /// Gathers the new groups of `plan` (one `cat` each, none for a single run) and applies `f`
+    /// to each. A current group's buffer is released as soon as every new group drawing on it
+    /// has been gathered.
     fn gather(
         self,
         plan: Vec<GroupPlan>,
-        how: RowGather,
         concurrent: bool,
         f: impl Fn(PathPattern, Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send,
     ) -> Self {
-        // the batch as one tensor in the current order, put together at most once, and only
-        // for a select that draws on several groups
-        let mut joined: Option<Tensor<B, 4>> = None;
-        let offsets: Vec<usize> = self
-            .groups
-            .iter()
-            .scan(0, |start, g| {
-                let offset = *start;
-                *start += g.samples.len();
-                Some(offset)
-            })
-            .collect();
         let pieces: Vec<_> = plan
             .into_iter()
             .map(|group| {
-                let slice = |(g, rows): &(usize, std::ops::Range<usize>)| {
-                    let source = &self.groups[*g];
+                let rows = group.runs.into_iter().map(|(g, rows)| {
+                    let source = &self.groups[g];
                     if rows.len() == source.samples.len() {
                         source.x.clone()
                     } else {
-                        source.x.clone().slice([rows.clone()])
+                        source.x.clone().slice([rows])
                     }
-                };
-                let piece = match (group.runs.as_slice(), how) {
-                    ([run], _) => Piece::Ready(slice(run)),
-                    (runs, RowGather::CatRuns) => Piece::Cat(runs.iter().map(slice).collect()),
-                    (runs, RowGather::Select) => {
-                        let first = runs[0].0;
-                        if runs.iter().all(|(g, _)| *g == first) {
-                            let rows = runs.iter().flat_map(|(_, rows)| rows.clone()).collect();
-                            Piece::Select(self.groups[first].x.clone(), rows)
-                        } else {
-                            let source = joined
-                                .get_or_insert_with(|| cat_rows(self.groups.iter().map(|g| g.x.clone()).collect()))
-                                .clone();
-                            let rows =
-                                runs.iter().flat_map(|(g, rows)| rows.clone().map(|r| offsets[*g] + r)).collect();
-                            Piece::Select(source, rows)
-                        }
-                    }
-                };
-                (group.pattern, piece, group.samples)
+                });
+                (group.pattern, rows.collect::<Vec<_>>(), group.samples)
             })
             .collect();
         let batch_size = self.batch_size;
         drop(self);
-        drop(joined);
         let concurrent = concurrent && pieces.len() > 1; // one group stays on this thread
-        let groups = map_branches(pieces, concurrent, |(pattern, piece, samples)| SampleGroup {
-            x: f(pattern, piece.into_tensor()),
+        let groups = map_branches(pieces, concurrent, |(pattern, rows, samples)| SampleGroup {
+            x: f(pattern, cat_rows(rows)),
             samples,
         });
         Self { batch_size, groups }
-    }
-}
-
-/// How [`GroupedBatch::regroup`] gathers a group whose rows are not one run of consecutive rows
-/// of a current group (the backend seam decides, [`crate::backend::Kernels::row_gather`]).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RowGather {
-    /// One `cat` of the runs of consecutive rows: one pass over the rows where slices are views
-    /// and a `cat` copies all its pieces at once (host backends).
-    CatRuns,
-    /// One `select` of the group's rows from their group, or from the current groups put
-    /// together once when the rows come from several: a bounded number of kernel launches per
-    /// block where every piece of a `cat` is a kernel of its own (GPU backends).
-    Select,
-}
-
-/// A new group's rows before they are copied.
-enum Piece<B: Backend> {
-    /// A current group or a slice of one: no copy.
-    Ready(Tensor<B, 4>),
-    /// Runs of rows to concatenate.
-    Cat(Vec<Tensor<B, 4>>),
-    /// Rows of one tensor, by index.
-    Select(Tensor<B, 4>, Vec<usize>),
-}
-
-impl<B: Backend> Piece<B> {
-    fn into_tensor(self) -> Tensor<B, 4> {
-        match self {
-            Piece::Ready(x) => x,
-            Piece::Cat(runs) => cat_rows(runs),
-            Piece::Select(source, rows) => reorder_rows(source, &rows),
-        }
     }
 }
 
@@ -374,63 +309,44 @@ mod tests {
         assert_eq!(p, vec![0b01, 0b00, 0b11]);
     }
 
-    const GATHERS: [RowGather; 2] = [RowGather::CatRuns, RowGather::Select];
-
     #[test]
     fn regroup_collects_equal_patterns_and_restores_the_order() {
-        for how in GATHERS {
-            let x = batch(5);
-            let (grouped, patterns) = GroupedBatch::new(x.clone()).regroup(&[3, 0, 1, 3, 1], how);
-            assert_eq!(patterns, vec![0, 1, 3]);
-            let samples: Vec<Vec<usize>> = grouped.groups().iter().map(|g| g.samples.clone()).collect();
-            assert_eq!(samples, vec![vec![1], vec![2, 4], vec![0, 3]]);
-            for g in grouped.groups() {
-                assert_eq!(first_values(&g.x), g.samples.iter().map(|&b| b as f32).collect::<Vec<_>>(), "{how:?}");
-            }
-            assert_eq!(grouped.order(), vec![1, 2, 4, 0, 3]);
-            // a second regrouping draws rows from several groups
-            let (regrouped, patterns) = grouped.regroup(&[0, 1, 1, 0, 1], how);
-            assert_eq!(patterns, vec![0, 1]);
-            assert_eq!(regrouped.groups()[1].samples, vec![1, 2, 4]);
-            assert_eq!(first_values(&regrouped.groups()[1].x), vec![1.0, 2.0, 4.0], "{how:?}");
-            regrouped.clone().into_tensor().into_data().assert_eq(&x.to_data(), true);
-            let pooled = regrouped.rows_to_caller(|t| {
-                let n = t.dims()[0];
-                t.reshape([n, 8]).slice([0..n, 0..1])
-            });
-            pooled.into_data().assert_eq(&TensorData::new(vec![0f32, 1.0, 2.0, 3.0, 4.0], [5, 1]), true);
-        }
-    }
-
-    #[test]
-    fn a_group_within_one_group_is_selected_from_it_alone() {
-        // after the first regrouping, samples 1, 2, 4 sit in groups [1] and [2, 4]; the second
-        // puts 2 and 4 apart from each other within their group
-        let (grouped, _) = GroupedBatch::new(batch(6)).regroup(&[0, 0, 0, 1, 1, 1], RowGather::Select);
-        let (regrouped, _) = grouped.regroup(&[0, 1, 0, 1, 0, 1], RowGather::Select);
-        let samples: Vec<Vec<usize>> = regrouped.groups().iter().map(|g| g.samples.clone()).collect();
-        assert_eq!(samples, vec![vec![0, 2, 4], vec![1, 3, 5]]);
-        for g in regrouped.groups() {
+        let x = batch(5);
+        let (grouped, patterns) = GroupedBatch::new(x.clone()).regroup(&[3, 0, 1, 3, 1]);
+        assert_eq!(patterns, vec![0, 1, 3]);
+        let samples: Vec<Vec<usize>> = grouped.groups().iter().map(|g| g.samples.clone()).collect();
+        assert_eq!(samples, vec![vec![1], vec![2, 4], vec![0, 3]]);
+        for g in grouped.groups() {
             assert_eq!(first_values(&g.x), g.samples.iter().map(|&b| b as f32).collect::<Vec<_>>());
         }
+        assert_eq!(grouped.order(), vec![1, 2, 4, 0, 3]);
+        // a second regrouping draws rows from several groups
+        let (regrouped, patterns) = grouped.regroup(&[0, 1, 1, 0, 1]);
+        assert_eq!(patterns, vec![0, 1]);
+        assert_eq!(regrouped.groups()[1].samples, vec![1, 2, 4]);
+        assert_eq!(first_values(&regrouped.groups()[1].x), vec![1.0, 2.0, 4.0]);
+        regrouped.clone().into_tensor().into_data().assert_eq(&x.to_data(), true);
+        let pooled = regrouped.rows_to_caller(|t| {
+            let n = t.dims()[0];
+            t.reshape([n, 8]).slice([0..n, 0..1])
+        });
+        pooled.into_data().assert_eq(&TensorData::new(vec![0f32, 1.0, 2.0, 3.0, 4.0], [5, 1]), true);
     }
 
     #[test]
     fn regroup_map_applies_each_group_its_pattern() {
-        for how in GATHERS {
-            let x = batch(5);
-            // first values 0..5; every group adds its pattern
-            let mapped = GroupedBatch::new(x)
-                .regroup_map(&[3, 0, 1, 3, 1], how, true, |pattern, t| t.add_scalar(pattern as f32));
-            let samples: Vec<Vec<usize>> = mapped.groups().iter().map(|g| g.samples.clone()).collect();
-            assert_eq!(samples, vec![vec![1], vec![2, 4], vec![0, 3]]);
-            assert_eq!(first_values(&mapped.into_tensor()), vec![3.0, 1.0, 3.0, 6.0, 5.0], "{how:?}");
-        }
+        let x = batch(5);
+        // first values 0..5; every group adds its pattern
+        let mapped =
+            GroupedBatch::new(x).regroup_map(&[3, 0, 1, 3, 1], true, |pattern, t| t.add_scalar(pattern as f32));
+        let samples: Vec<Vec<usize>> = mapped.groups().iter().map(|g| g.samples.clone()).collect();
+        assert_eq!(samples, vec![vec![1], vec![2, 4], vec![0, 3]]);
+        assert_eq!(first_values(&mapped.into_tensor()), vec![3.0, 1.0, 3.0, 6.0, 5.0]);
     }
 
     #[test]
     fn one_pattern_keeps_the_batch_whole() {
-        let (grouped, patterns) = GroupedBatch::new(batch(4)).regroup(&[2, 2, 2, 2], RowGather::Select);
+        let (grouped, patterns) = GroupedBatch::new(batch(4)).regroup(&[2, 2, 2, 2]);
         assert_eq!(patterns, vec![2]);
         assert!(grouped.is_whole());
     }
@@ -438,6 +354,6 @@ mod tests {
     #[test]
     #[should_panic = "3 gate patterns for a batch of 4"]
     fn wrong_number_of_patterns_panics() {
-        let _ = GroupedBatch::new(batch(4)).regroup(&[0, 1, 2], RowGather::CatRuns);
+        let _ = GroupedBatch::new(batch(4)).regroup(&[0, 1, 2]);
     }
 }

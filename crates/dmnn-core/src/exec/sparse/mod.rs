@@ -1,15 +1,19 @@
 //! Sparse execution (DESIGN §7): each path runs only on the samples whose gate is on; a path no
 //! sample needs does not run. Inference default.
 //!
-//! Without autodiff the batch is held as groups of samples that share a gate pattern
-//! ([`GroupedBatch`]): before each block the gates are read back once (one device sync), the
-//! samples are regrouped, and every group runs exactly its open paths on its own tensor. The sum
-//! is the block's own ([`MultiPathBlock::residual`](crate::MultiPathBlock)), formed in the order
-//! of masked execution, so the two agree to the bit. With autodiff each path runs once on all
-//! the samples it serves ([`autodiff`]).
+//! Before each block the gates are read back once (one device sync). On the host backends
+//! ([`FastPath::GroupedSparse`](crate::FastPath)) the batch is then held as groups of samples
+//! that share a gate pattern ([`GroupedBatch`]): the samples are regrouped, and without
+//! autodiff every group runs exactly its open paths on its own tensor. The sum is the block's own
+//! ([`MultiPathBlock::residual`](crate::MultiPathBlock)), formed in the order of masked
+//! execution, so the two agree to the bit. With autodiff each path runs once on all the samples
+//! it serves ([`autodiff`]). Elsewhere (GPU backends) each path gathers its samples from the
+//! whole batch and adds its output back ([`path_major`]): a bounded number of kernel launches
+//! per block.
 
 mod autodiff;
 mod grouped;
+mod path_major;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
@@ -51,12 +55,16 @@ pub fn sparse_grouped<B: Backend>(
 ) -> GroupedBatch<B> {
     block.check_gates(batch.batch_size(), &gates);
     let patterns = gate_patterns(&gates);
+    if !kernels.groups_samples() {
+        let x = batch.into_tensor();
+        return GroupedBatch::new(path_major::sparse_path_major(block, x, &patterns, gates, kernels));
+    }
     if B::ad_enabled(&gates.device()) {
-        let (batch, patterns) = batch.regroup(&patterns, kernels.row_gather());
+        let (batch, patterns) = batch.regroup(&patterns);
         return autodiff::sparse_autodiff(block, batch, &patterns, gates, kernels);
     }
     let concurrent = kernels.concurrent(block.largest_activation(batch.dims()));
-    batch.regroup_map(&patterns, kernels.row_gather(), concurrent, |pattern, x| {
+    batch.regroup_map(&patterns, concurrent, |pattern, x| {
         let on: Vec<usize> = (0..block.num_paths()).filter(|i| pattern >> i & 1 == 1).collect();
         block.residual(x, &on, &|_, y| y, kernels, concurrent)
     })
