@@ -65,8 +65,8 @@ log="$out/log.txt"
 start=$(date +%s)
 
 if [ "$quick" = 1 ]; then
-    model=dmnn_small; reference=resnet_small; size=32; batches=1,16,64,256
-    train_batch=16; steps=30; classes=4; per_class=64; val_per_class=4; reps=3
+    model=dmnn_small; reference=resnet_small; size=32; batches=1,16
+    train_batch=8; steps=12; classes=4; per_class=24; val_per_class=4; reps=2
 else
     model=dmnn50; reference=resnet50; size=224; batches=1,16,64,256
     train_batch=64; steps=300; classes=10; per_class=400; val_per_class=10; reps=10
