@@ -26,6 +26,22 @@ pub trait BackendJob {
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<Self::Output>;
 }
 
+/// Starts `device` with one tiny operation, so that a missing driver or device is an error that
+/// says so rather than a panic deep inside the backend's device thread (whose own message, printed
+/// above, names the library or device that is missing).
+#[allow(dead_code)] // used by the GPU backends only
+fn start_device<B: Backend>(device: &B::Device, backend: &str, needs: &str) -> Result<()> {
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _ = burn::tensor::Tensor::<B, 1>::zeros([1], device).into_data();
+    }));
+    match started {
+        Ok(()) => Ok(()),
+        Err(_) => {
+            bail!("the {backend} backend could not start device {device:?}: it needs {needs} (see the message above)")
+        }
+    }
+}
+
 /// Runs `job` on the requested backend and device index. A GPU backend's name carries Burn's own
 /// (`wgpu (fusion<cubecl<wgpu<...>>>)`), so the startup line shows whether kernel fusion is on.
 pub fn dispatch<J: BackendJob>(kind: BackendKind, device: Option<usize>, job: J) -> Result<J::Output> {
@@ -43,6 +59,7 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, device: Option<usize>, job: J)
                 Some(i) => WgpuDevice::DiscreteGpu(i),
                 None => WgpuDevice::DefaultDevice,
             };
+            start_device::<Wgpu>(&d, "wgpu", "a Vulkan, Metal or DX12 driver (Mesa's lavapipe for a CPU)")?;
             let name = format!("wgpu ({})", <Wgpu as Backend>::name(&d));
             job.run::<Autodiff<Wgpu>>(d, &name)
         }
@@ -50,6 +67,7 @@ pub fn dispatch<J: BackendJob>(kind: BackendKind, device: Option<usize>, job: J)
         BackendKind::Cuda => {
             use burn::backend::cuda::{Cuda, CudaDevice};
             let d = CudaDevice::new(device.unwrap_or(0));
+            start_device::<Cuda>(&d, "cuda", "an NVIDIA GPU with its driver (libcuda.so) and NVRTC")?;
             let name = format!("cuda ({})", <Cuda as Backend>::name(&d));
             job.run::<Autodiff<Cuda>>(d, &name)
         }
