@@ -296,14 +296,16 @@ mod tests {
             assert!(fast.train_conv_applies(&conv, x.dims()).is_some(), "{name}");
             let expected = conv.forward(x.clone());
             let r = Tensor::<AD, 4>::random(expected.dims(), Distribution::Normal(0.0, 1.0), &device);
-            let grads_expected = (expected.clone() * r.clone()).sum().backward();
             let geometry = train_conv_geometry(&conv, x.dims()).unwrap();
-            // through the kernels, then with the im2col matrices kept and rebuilt
+            // through the kernels, then with the im2col matrices kept and rebuilt; every graph is
+            // built before the first backward (a leaf reused after a backward can lose its
+            // gradient to a backward in another test thread: Burn #5573, fixed after 0.21)
             let variants = [
                 ("kernels", fast.conv(&conv, x.clone())),
                 ("kept", matmul_conv2d_with(x.clone(), conv.weight.val(), geometry, true)),
                 ("rebuilt", matmul_conv2d_with(x.clone(), conv.weight.val(), geometry, false)),
             ];
+            let grads_expected = (expected.clone() * r.clone()).sum().backward();
             for (variant, got) in variants {
                 let name = format!("{name} ({variant})");
                 assert_eq!(got.dims(), expected.dims(), "{name}");
