@@ -23,7 +23,7 @@ use dmnn_train::eval::{eval_run, EvalRequest};
 use dmnn_train::run::{load_run_model, RunDir};
 use dmnn_train::train::{train, RunOptions};
 
-use backend::{dispatch, BackendJob};
+use backend::{dispatch, BackendJob, BackendKind};
 use cli::{
     BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, ReportArgs, SweepArgs, SynthArgs, TrainArgs,
 };
@@ -136,7 +136,15 @@ fn cost(args: CostArgs) -> Result<()> {
 fn run_train(args: TrainArgs, imagenet: bool) -> Result<()> {
     let (config, resume, out) = match &args.run.resume {
         Some(dir) => (RunDir::new(dir).read_config()?, true, Some(dir.clone())),
-        None => (args.resolve(imagenet)?, false, args.run.out.clone()),
+        None => {
+            let mut config = args.resolve(imagenet)?;
+            // replicas are the CPU's cores (the main job: two); a GPU runs the whole batch, and
+            // two replicas on one GPU would only interleave their kernels on its queue
+            if args.backend.backend != BackendKind::Cpu && args.data.replicas.is_none() && args.run.config.is_none() {
+                config.replicas = 1;
+            }
+            (config, false, args.run.out.clone())
+        }
     };
     let job = TrainJob { config, resume, out, plain: args.run.plain };
     dispatch(args.backend.backend, args.backend.device, job)
