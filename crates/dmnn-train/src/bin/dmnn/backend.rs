@@ -3,7 +3,6 @@
 
 use anyhow::{bail, Result};
 use burn::backend::{Autodiff, Flex};
-#[allow(unused_imports)] // `Backend::name` is used by the GPU backends only
 use burn::tensor::backend::{AutodiffBackend, Backend};
 
 /// The backends `dmnn` can be asked for.
