@@ -18,7 +18,9 @@ use burn::config::Config;
 use burn::module::{Initializer, Module, Param};
 use burn::nn::gru::{Gru, GruConfig};
 use burn::nn::lstm::{Lstm, LstmConfig, LstmState};
-use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig};
+use burn::nn::{Linear, LinearConfig};
+
+use crate::BatchNorm;
 use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::{Tensor, TensorData};
@@ -128,7 +130,7 @@ impl ControllerConfig {
                 });
                 BlockController {
                     embed: LinearConfig::new(spec.channels_in, d).init(device),
-                    embed_norm: BatchNormConfig::new(d).init(device),
+                    embed_norm: BatchNorm::new(d, device),
                     gate_logits: self.init_logit_layer(num_paths, device),
                     aux_head,
                 }

@@ -18,11 +18,13 @@
 mod controller;
 mod error;
 mod gumbel;
+mod norm;
 mod params;
 mod schedule;
 
 pub use controller::*;
 pub use error::GateError;
 pub use gumbel::*;
+pub use norm::BatchNorm;
 pub use params::param_count;
 pub use schedule::*;
