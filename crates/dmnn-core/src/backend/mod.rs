@@ -15,6 +15,7 @@
 
 mod autodiff;
 mod branches;
+mod devices;
 mod im2col;
 mod kernels;
 mod pool;
@@ -28,6 +29,7 @@ use burn::tensor::backend::Backend;
 pub use autodiff::AutodiffKernels;
 pub use branches::{map_branches, MAX_CONCURRENT_ELEMENTS, MIN_CONCURRENT_ELEMENTS};
 pub(crate) use branches::{sum_branches, Branch};
+pub use devices::{fork_replica, to_device};
 pub use im2col::IM2COL_MAX_POSITIONS;
 pub use kernels::Kernels;
 

@@ -114,10 +114,20 @@ impl<B: Backend> BatchNorm2d<B> {
 
     /// Moves the running statistics toward a batch's `mean` and biased `var` over `n` values per
     /// channel (the running variance takes the unbiased one, as PyTorch).
+    ///
+    /// Data-parallel replicas (docs/training.md): each replica on the device that holds the
+    /// statistics (the main device) updates them, and the running value after the step is the
+    /// mean of those updates (Burn's `RunningState` averages them over the replicas' threads):
+    /// every replica of a CPU's, which share its one device. A replica on another device (a
+    /// second GPU; see [`fork_replica`](crate::backend::fork_replica)) leaves them alone, as
+    /// PyTorch's DataParallel keeps device 0's statistics: no copy between devices in its step.
     pub(crate) fn update_running(&self, mean: Tensor<B, 1>, var: Tensor<B, 1>, n: usize) {
         let m = self.momentum;
         let unbiased = if n > 1 { n as f64 / (n - 1) as f64 } else { 1.0 };
         let device = mean.device();
+        if self.running_mean.value().device() != device {
+            return;
+        }
         let running_mean =
             self.running_mean.value_sync().to_device(&device).mul_scalar(1.0 - m) + mean.detach().mul_scalar(m);
         let running_var = self.running_var.value_sync().to_device(&device).mul_scalar(1.0 - m)
@@ -205,5 +215,50 @@ mod tests {
         ours.forward(x.clone())
             .to_data()
             .assert_approx_eq::<f32>(&burns_unbiased.forward(x).to_data(), Tolerance::absolute(1e-4));
+    }
+
+    /// Per-channel mean and unbiased variance of `[B, C, H, W]`.
+    fn channel_stats(x: &Tensor<AD, 4>) -> (Tensor<AD, 1>, Tensor<AD, 1>) {
+        let [_, c, _, _] = x.dims();
+        let flat = x.clone().permute([1, 0, 2, 3]).reshape([c as i32, -1]);
+        (flat.clone().mean_dim(1).reshape([c]), flat.var(1).reshape([c]))
+    }
+
+    /// The rule of data-parallel training (docs/training.md): Burn's multi-device strategy runs
+    /// each replica on a thread of its own with a fork of the model; a replica normalises with
+    /// its own batch's statistics (as PyTorch's DataParallel and DDP without SyncBatchNorm), and
+    /// the running statistics after the step are the mean of the replicas' updates, all made
+    /// from the same value: `(1 - m) · r + m · mean_i(batch statistic_i)`.
+    #[test]
+    fn replicas_normalise_with_their_own_batch_and_average_the_running_statistics() {
+        let device = Default::default();
+        let bn = BatchNorm2dConfig::new(3).init::<AD>(&device);
+        let a = Tensor::<AD, 4>::random([4, 3, 5, 6], Distribution::Normal(1.0, 2.0), &device);
+        let b = Tensor::<AD, 4>::random([2, 3, 5, 6], Distribution::Normal(-2.0, 0.5), &device);
+        let outputs: Vec<Tensor<AD, 4>> = std::thread::scope(|s| {
+            let replicas: Vec<_> = [a.clone(), b.clone()]
+                .into_iter()
+                .map(|x| {
+                    let replica = bn.clone().fork(&device);
+                    s.spawn(move || replica.forward(x))
+                })
+                .collect();
+            replicas.into_iter().map(|r| r.join().unwrap()).collect()
+        });
+        for (x, y) in [&a, &b].into_iter().zip(&outputs) {
+            let alone = BatchNorm2dConfig::new(3).init::<AD>(&device).forward(x.clone());
+            y.to_data().assert_approx_eq::<f32>(&alone.to_data(), Tolerance::absolute(1e-5));
+        }
+        let ((mean_a, var_a), (mean_b, var_b)) = (channel_stats(&a), channel_stats(&b));
+        let mean = (mean_a + mean_b).mul_scalar(0.5 * 0.1);
+        let var = (var_a + var_b).mul_scalar(0.5 * 0.1).add_scalar(0.9);
+        let synced = bn.valid();
+        synced.running_mean.value().to_data().assert_approx_eq::<f32>(&mean.to_data(), Tolerance::absolute(1e-5));
+        synced.running_var.value().to_data().assert_approx_eq::<f32>(&var.to_data(), Tolerance::absolute(1e-5));
+        // not one replica's statistics: the two batches are far apart
+        let (mean_a, _) = channel_stats(&a);
+        let one: Vec<f32> = mean_a.mul_scalar(0.1).into_data().to_vec().unwrap();
+        let both: Vec<f32> = synced.running_mean.value().into_data().to_vec().unwrap();
+        assert!(one.iter().zip(&both).all(|(o, b)| (o - b).abs() > 0.05), "{one:?} vs {both:?}");
     }
 }
