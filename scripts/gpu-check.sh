@@ -4,12 +4,14 @@
 # `cargo xtask gpu-bundle`), and run as a dry run on WGPU (Mesa's lavapipe in CI) with the same
 # steps and the same CSV columns.
 #
-#   ./gpu-check.sh [--backend cuda|wgpu] [--quick] [--out DIR] [--device N]
+#   ./gpu-check.sh [--backend cuda|wgpu] [--quick] [--out DIR] [--device N] [--devices LIST]
 #
 #   --backend  cuda (default) or wgpu
 #   --quick    small models and sizes (a software Vulkan or a slow card); same steps and columns
 #   --out      output folder (default: gpu-check-<backend>-<date>)
 #   --device   GPU index (default: the backend's default device)
+#   --devices  the devices of the scaling step, e.g. 0,1,2,3 (CUDA default: every GPU listed
+#              by nvidia-smi when there are two or more; `cpu,default` on lavapipe)
 #
 # The dmnn binary: $DMNN_BIN, else `dmnn` next to this script, else `dmnn` on the PATH.
 # Steps (each one's output in log.txt; the script stops at the first that fails):
@@ -21,12 +23,16 @@
 #      -> train-<backend>.csv
 #   5. train-imagenet for a few hundred steps on a synthetic ImageNet-layout tree of JPEG files
 #      written on the spot (decoding and cropping are in the measurement) -> train-imagenet-<backend>.csv
+#   6. where there are several devices: train-imagenet data-parallel on 1, 2, ... N of them at
+#      the same batch per device (resnet50: dynamic networks are not yet trained on several
+#      devices): images/s and scaling efficiency -> scaling-<backend>.csv
 set -euo pipefail
 
 backend=cuda
 quick=0
 out=""
 device=()
+devices=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --backend) backend="$2"; shift 2 ;;
@@ -35,7 +41,9 @@ while [ $# -gt 0 ]; do
         --out) out="$2"; shift 2 ;;
         --out=*) out="${1#*=}"; shift ;;
         --device) device=(--device "$2"); shift 2 ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --devices) devices="$2"; shift 2 ;;
+        --devices=*) devices="${1#*=}"; shift ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "gpu-check: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -133,6 +141,39 @@ field() { grep -o "\"$1\": *[0-9.eE+-]*" "$summary" | head -1 | sed 's/.*: *//';
 } >"$out/train-imagenet-$backend.csv"
 cat "$out/train-imagenet-$backend.csv" | tee -a "$log"
 echo "(command wall time $(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.1f", b - a }') s; images/s over the run's wall time, validation included)" | tee -a "$log"
+
+# the device lists of the scaling step: --devices A,B,C gives A / A,B / A,B,C; without it every
+# CUDA GPU nvidia-smi lists, 1, 2, ... N of them
+if [ -z "$devices" ] && [ "$backend" = cuda ] && command -v nvidia-smi >/dev/null; then
+    gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+    if [ "${gpus:-0}" -ge 2 ]; then devices=$(seq -s, 0 $((gpus - 1))); fi
+fi
+if [ -n "$devices" ]; then
+    IFS=, read -r -a all <<<"$devices"
+    scaling="$out/scaling-$backend.csv"
+    step "6. data-parallel scaling on ${#all[@]} devices ($devices), batch $train_batch per device"
+    echo "backend,model,image_size,devices,global_batch,steps,wall_seconds,images_per_s,efficiency" >"$scaling"
+    for k in $(seq 1 "${#all[@]}"); do
+        list=$(IFS=,; echo "${all[*]:0:$k}")
+        global=$(( k * train_batch ))
+        per_epoch=$(( classes * per_class / global ))
+        if [ "$per_epoch" -lt 1 ]; then echo "(too few images for $k devices)" | tee -a "$log"; break; fi
+        k_steps=$(( steps / 5 < 4 ? 4 : steps / 5 ))
+        k_epochs=$(( (k_steps + per_epoch - 1) / per_epoch ))
+        k_per_epoch=$(( (k_steps + k_epochs - 1) / k_epochs ))
+        k_steps=$(( k_epochs * k_per_epoch ))
+        run "$dmnn" train-imagenet --backend "$backend" --devices "$list" --plain --data "$out/synthetic-imagenet" \
+            --model "$reference" --num-classes "$classes" --image-size "$size" --batch-size "$global" \
+            --eval-batch-size "$train_batch" --max-eval-batches 1 --epochs "$k_epochs" \
+            --max-steps-per-epoch "$k_per_epoch" --out "$out/run-devices-$k"
+        summary="$out/run-devices-$k/summary.json"
+        awk -v b="$backend" -v m="$reference" -v s="$size" -v d="$list" -v g="$global" -v st="$k_steps" -v k="$k" \
+            -v w="$(field wall_seconds)" -v one="$(awk -F, 'NR == 2 { print $8 }' "$scaling")" \
+            'BEGIN { ips = st * g / w; e = (one == "" ? 1 : ips / (k * one));
+                     printf "%s,%s,%s,\"%s\",%s,%s,%.1f,%.1f,%.3f\n", b, m, s, d, g, st, w, ips, e }' >>"$scaling"
+    done
+    cat "$scaling" | tee -a "$log"
+fi
 rm -rf "$out/synthetic-imagenet"
 
 step "done: $out"

@@ -134,12 +134,14 @@ pub struct TrainConfig {
     /// Batches of BN recalibration in sparse mode after training (0: none).
     #[config(default = 0)]
     pub recalibrate_batches: usize,
-    /// Data-parallel replicas on the training device, with Burn's multi-device strategy (the
-    /// device repeated): each replica takes `batch_size / replicas` images of every step on its
-    /// own thread and normalises them with its own batch-norm statistics; the gradients of the
-    /// replicas are summed into one optimiser step, each replica's loss divided by `replicas`, so
-    /// the step follows the global batch's mean gradient. On a CPU two replicas keep two cores busy
-    /// where one step alone leaves one mostly idle (docs/training.md).
+    /// Data-parallel replicas, with Burn's multi-device strategy: all on the training device
+    /// (the device repeated), or one per device where the run is given several
+    /// ([`train_on`](crate::train::train_on), `--devices`). Each replica takes
+    /// `batch_size / replicas` images of every step on its own thread and normalises them with
+    /// its own batch-norm statistics; the gradients of the replicas are summed into one
+    /// optimiser step, each replica's loss divided by `replicas`, so the step follows the global
+    /// batch's mean gradient. On a CPU two replicas keep two cores busy where one step alone
+    /// leaves one mostly idle (docs/training.md).
     #[config(default = 1)]
     pub replicas: usize,
     /// Data decoding threads (0: one per core).

@@ -5,7 +5,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{
+    AutodiffModule, Content, Devices, EmptyRecord, HasAutodiffModule, Module, ModuleDisplay, ModuleDisplayDefault,
+    ModuleMapper, ModuleVisitor, Param, ParamId,
+};
 use burn::optim::GradientsParams;
 use burn::prelude::ToElement;
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -82,7 +85,14 @@ impl TrainProgress {
 }
 
 /// A [`Dmnn`] with its training objective: the module Burn's `Learner` trains.
-#[derive(Module, Debug)]
+///
+/// Its `Module` implementation is the one `#[derive(Module)]` writes (the same record, so
+/// checkpoints are unchanged), except `fork`: Burn's multi-device strategy forks the model onto
+/// each replica's device, and Burn 0.21 cannot move a tensor between two WGPU devices, so the
+/// fork copies through host memory where the devices differ
+/// ([`fork_replica`](dmnn_core::backend::fork_replica)) and remembers the device it came from:
+/// the replica's gradients go back there ([`DmnnClassifier::home`]).
+#[derive(Debug)]
 pub struct DmnnClassifier<B: Backend> {
     /// The network.
     pub model: Dmnn<B>,
@@ -94,7 +104,131 @@ pub struct DmnnClassifier<B: Backend> {
     pub temperature: TemperatureSchedule,
     /// Shared progress (not a parameter).
     pub progress: Arc<TrainProgress>,
+    /// On a replica: the device of the model it was forked from (where the optimiser runs),
+    /// where its gradients are sent; `None` on the model itself.
+    pub home: Option<B::Device>,
 }
+
+/// The record of a [`DmnnClassifier`]: the network's (the other fields are settings).
+#[derive(burn::record::Record)]
+pub struct DmnnClassifierRecord<B: Backend> {
+    /// The network's record.
+    pub model: <Dmnn<B> as Module<B>>::Record,
+    #[allow(missing_docs)]
+    pub objective: EmptyRecord,
+    #[allow(missing_docs)]
+    pub weight_decay: EmptyRecord,
+    #[allow(missing_docs)]
+    pub temperature: EmptyRecord,
+    #[allow(missing_docs)]
+    pub progress: EmptyRecord,
+}
+
+impl<B: Backend> DmnnClassifier<B> {
+    fn with_model<C: Backend>(&self, model: Dmnn<C>, home: Option<C::Device>) -> DmnnClassifier<C> {
+        DmnnClassifier {
+            model,
+            objective: self.objective.clone(),
+            weight_decay: self.weight_decay,
+            temperature: self.temperature,
+            progress: self.progress.clone(),
+            home,
+        }
+    }
+}
+
+impl<B: Backend> Clone for DmnnClassifier<B> {
+    fn clone(&self) -> Self {
+        self.with_model(self.model.clone(), self.home.clone())
+    }
+}
+
+const CONTAINER: &str = "Struct:DmnnClassifier";
+
+impl<B: Backend> Module<B> for DmnnClassifier<B> {
+    type Record = DmnnClassifierRecord<B>;
+
+    fn load_record(self, record: Self::Record) -> Self {
+        let model = self.model.clone().load_record(record.model);
+        self.with_model(model, self.home.clone())
+    }
+
+    fn into_record(self) -> Self::Record {
+        DmnnClassifierRecord {
+            model: self.model.into_record(),
+            objective: EmptyRecord::new(),
+            weight_decay: EmptyRecord::new(),
+            temperature: EmptyRecord::new(),
+            progress: EmptyRecord::new(),
+        }
+    }
+
+    fn num_params(&self) -> usize {
+        Module::num_params(&self.model)
+    }
+
+    fn visit<V: ModuleVisitor<B>>(&self, visitor: &mut V) {
+        visitor.enter_module("model", CONTAINER);
+        self.model.visit(visitor);
+        visitor.exit_module("model", CONTAINER);
+    }
+
+    fn map<M: ModuleMapper<B>>(self, mapper: &mut M) -> Self {
+        mapper.enter_module("model", CONTAINER);
+        let model = self.model.clone().map(mapper);
+        mapper.exit_module("model", CONTAINER);
+        self.with_model(model, self.home.clone())
+    }
+
+    fn collect_devices(&self, devices: Devices<B>) -> Devices<B> {
+        self.model.collect_devices(devices)
+    }
+
+    fn to_device(self, device: &B::Device) -> Self {
+        let model = self.model.clone().to_device(device);
+        self.with_model(model, self.home.clone())
+    }
+
+    fn fork(self, device: &B::Device) -> Self {
+        let home = self.home.clone().or_else(|| self.model.devices().into_iter().next());
+        let model = dmnn_core::backend::fork_replica(self.model.clone(), device);
+        self.with_model(model, home)
+    }
+}
+
+impl<B: AutodiffBackend> AutodiffModule<B> for DmnnClassifier<B> {
+    type InnerModule = DmnnClassifier<B::InnerBackend>;
+
+    fn valid(&self) -> Self::InnerModule {
+        self.with_model(self.model.valid(), None)
+    }
+
+    fn from_inner(module: Self::InnerModule) -> Self {
+        module.with_model(Dmnn::from_inner(module.model.clone()), None)
+    }
+}
+
+impl<B: AutodiffBackend> HasAutodiffModule<B> for DmnnClassifier<B::InnerBackend> {
+    type TrainModule = DmnnClassifier<B>;
+}
+
+impl<B: Backend> core::fmt::Display for DmnnClassifier<B> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "DmnnClassifier({})", self.model.config.name)
+    }
+}
+
+impl<B: Backend> ModuleDisplayDefault for DmnnClassifier<B> {
+    fn content(&self, content: Content) -> Option<Content> {
+        content.set_top_level_type("DmnnClassifier").add("model", &self.model).optional()
+    }
+
+    fn num_params(&self) -> usize {
+        Module::num_params(self)
+    }
+}
+
+impl<B: Backend> ModuleDisplay for DmnnClassifier<B> {}
 
 /// Host-side statistics of one step: what metrics, logs and reports read.
 #[derive(Debug, Clone, Default)]
@@ -218,6 +352,21 @@ impl<B: AutodiffBackend> ModuleVisitor<B> for DecayWeights<'_, B> {
     }
 }
 
+/// Moves every gradient of a replica to the main device, through host memory where needed
+/// ([`to_device`](dmnn_core::backend::to_device)).
+struct SendHome<'a, B: AutodiffBackend> {
+    grads: &'a mut GradientsParams,
+    home: &'a B::Device,
+}
+
+impl<B: AutodiffBackend> ModuleVisitor<B> for SendHome<'_, B> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<B, D>>) {
+        if let Some(grad) = self.grads.remove::<B::InnerBackend, D>(param.id) {
+            self.grads.register::<B::InnerBackend, D>(param.id, dmnn_core::backend::to_device(grad, self.home));
+        }
+    }
+}
+
 impl<B: Backend> DmnnClassifier<B> {
     /// A classifier that only evaluates (no weight decay, constant temperature, no schedule).
     pub fn for_inference(model: Dmnn<B>, objective: ObjectiveConfig) -> Self {
@@ -227,6 +376,7 @@ impl<B: Backend> DmnnClassifier<B> {
             weight_decay: 0.0,
             temperature: Default::default(),
             progress: TrainProgress::new(1, 1, 1),
+            home: None,
         }
     }
 
@@ -341,6 +491,10 @@ impl<B: AutodiffBackend> DmnnClassifier<B> {
                 weight_decay: self.weight_decay / replicas as f64,
                 _b: Default::default(),
             });
+        }
+        if let Some(home) = self.home.as_ref().filter(|&home| *home != device) {
+            // Burn sums the replicas' gradients on the main device; these are already there
+            self.visit(&mut SendHome::<B> { grads: &mut grads, home });
         }
         let times = StepTimes { forward, backward: start.elapsed() - forward };
         (TrainOutput { grads, item: output }, times)

@@ -99,8 +99,11 @@ pub struct Prepared<B: AutodiffBackend> {
     pub checkpoint: Option<usize>,
     /// Burn's terminal UI instead of plain lines.
     pub interactive: bool,
-    /// The device.
+    /// The main device: the model, the optimiser and validation live here.
     pub device: B::Device,
+    /// The device of every data-parallel replica, the main device first: one device for
+    /// `config.replicas` replicas on it, or one device per replica.
+    pub devices: Vec<B::Device>,
     start: Instant,
     earlier_seconds: f64,
     backend: String,
@@ -145,6 +148,51 @@ pub(crate) fn check_images(config: &TrainConfig, source: &dyn ImageSource, what:
     Ok(())
 }
 
+/// The main device of `devices`: one device for every replica, or one per replica, each named
+/// once.
+fn check_devices<B: AutodiffBackend>(config: &TrainConfig, devices: &[B::Device]) -> Result<B::Device> {
+    let Some(main) = devices.first() else {
+        return Err(TrainError::Config("no device to train on".into()));
+    };
+    if devices.len() > 1 && devices.len() != config.replicas {
+        return Err(TrainError::Config(format!(
+            "{} devices ({devices:?}) for replicas={}: give one device per replica, or one device for all",
+            devices.len(),
+            config.replicas
+        )));
+    }
+    if let Some((i, d)) = devices.iter().enumerate().find(|(i, d)| devices[..*i].contains(d)) {
+        return Err(TrainError::Config(format!(
+            "device {d:?} is named twice (as devices {} and {i}): each replica needs a device of its own",
+            devices.iter().position(|e| e == d).unwrap_or(0)
+        )));
+    }
+    if devices.len() > 1 && config.model.is_dynamic() {
+        return Err(TrainError::Config(format!(
+            "model '{}' is dynamic, and a dynamic network cannot train on several devices yet: a replica on a \
+             second device computes other gradients than the main device does from the same weights and batch \
+             (the same loss; tests/multi_device.rs has the reproducer). Static networks (resnet_*) train on {devices:?}; \
+             on one device, --replicas N trains N replicas",
+            config.model.name
+        )));
+    }
+    // Burn 0.21 restores a checkpoint onto the backend's default device
+    // (`SupervisedLearningStrategy::train` calls `load_checkpoint(.., &Default::default(), ..)`),
+    // and a replica's model, optimiser state and gradients must then all be on the main device
+    let default = B::Device::default();
+    if devices.len() > 1 && *main != default {
+        let hint = match devices.iter().position(|d| *d == default) {
+            Some(i) => format!("name it first (it is device {i} of the list)"),
+            None => "name it first (WGPU: `--devices default,...`; CUDA: `--devices 0,...`)".into(),
+        };
+        return Err(TrainError::Config(format!(
+            "the main device (the first of {devices:?}) must be the backend's default device, {default:?}: Burn 0.21 \
+             restores a checkpoint onto that device, so a run whose model lives elsewhere could not resume; {hint}"
+        )));
+    }
+    Ok(main.clone())
+}
+
 /// The loader settings of a configuration: `(training, evaluation)`.
 pub fn loader_configs(config: &TrainConfig) -> (LoaderConfig, LoaderConfig) {
     let mut train = LoaderConfig::train(config.batch_size / config.replicas.max(1), config.seed);
@@ -174,12 +222,13 @@ pub fn optimizer(config: &TrainConfig) -> SgdConfig {
 /// Invalid settings, missing data, data that does not fit the model, a damaged checkpoint.
 pub fn prepare<B: AutodiffBackend>(
     config: TrainConfig,
-    device: B::Device,
+    devices: Vec<B::Device>,
     options: &RunOptions,
     resume: bool,
 ) -> Result<Prepared<B>> {
     let start = Instant::now();
     config.validate()?;
+    let device = check_devices::<B>(&config, &devices)?;
     let image_size = config.model.image_size;
     let train_source = config.data.open(Split::Train, image_size)?;
     let test_source = config.data.open(Split::Test, image_size)?;
@@ -214,6 +263,20 @@ pub fn prepare<B: AutodiffBackend>(
         dir.root().display()
     ));
     log.line(&format!("validation: {}", test_source.describe()));
+    if config.replicas > 1 {
+        let place = match devices.len() {
+            1 => format!("on device {device:?}"),
+            _ => format!("on devices {devices:?}"),
+        };
+        log.line(&format!(
+            "data parallel: {} replicas {place}, each {} of the {} images of a step; gradients summed on {device:?} \
+             (each replica's loss divided by {}: the step follows the global batch's mean gradient)",
+            config.replicas,
+            config.batch_size / config.replicas,
+            config.batch_size,
+            config.replicas
+        ));
+    }
 
     B::seed(&device, config.seed);
     let (train_config, eval_config) = loader_configs(&config);
@@ -245,6 +308,7 @@ pub fn prepare<B: AutodiffBackend>(
         checkpoint,
         interactive,
         device,
+        devices,
         start,
         earlier_seconds,
         backend: options.backend.clone(),
@@ -286,6 +350,7 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
         weight_decay: config.weight_decay,
         temperature: config.temperature,
         progress: progress.clone(),
+        home: None,
     };
     if start_epoch >= config.epochs {
         let path = run.dir.checkpoint("model", start_epoch);
@@ -329,7 +394,10 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
         training = training.checkpoint(k);
     }
     if config.replicas > 1 {
-        let devices = vec![device.clone(); config.replicas];
+        let devices = match run.devices.len() {
+            1 => vec![device.clone(); config.replicas],
+            _ => run.devices.clone(),
+        };
         let strategy = ExecutionStrategy::MultiDevice(devices, MultiDeviceOptim::OptimMainDevice);
         training = training.with_training_strategy(strategy.into());
     }
@@ -459,7 +527,21 @@ pub fn train<B: AutodiffBackend>(
     options: RunOptions,
     resume: bool,
 ) -> Result<(Summary, RunDir)> {
-    let run = prepare::<B>(config, device, &options, resume)?;
+    train_on::<B>(config, vec![device], options, resume)
+}
+
+/// [`train`] with the data-parallel replicas on `devices`, the main device first: one device
+/// for `config.replicas` replicas on it (the CPU's cores), or one device per replica (GPUs).
+///
+/// # Errors
+/// A device list that does not fit `config.replicas`, and see [`train`].
+pub fn train_on<B: AutodiffBackend>(
+    config: TrainConfig,
+    devices: Vec<B::Device>,
+    options: RunOptions,
+    resume: bool,
+) -> Result<(Summary, RunDir)> {
+    let run = prepare::<B>(config, devices, &options, resume)?;
     let trained = launch(&run)?;
     let dir = run.dir.clone();
     Ok((finish(run, trained)?, dir))

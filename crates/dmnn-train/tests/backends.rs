@@ -175,6 +175,7 @@ fn training_step_matches_flex<B: AutodiffBackend>(device: &B::Device) {
             weight_decay: 1e-4,
             temperature: Default::default(),
             progress: TrainProgress::new(100, 10, 1),
+            home: None,
         };
         let targets: Vec<i64> = (0..BATCH as i64).map(|i| (i * 7) % 10).collect();
         let batch = ClassificationBatch {

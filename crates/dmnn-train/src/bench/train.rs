@@ -212,6 +212,7 @@ pub fn run_train_case<B: AutodiffBackend>(
         weight_decay: config.weight_decay,
         temperature: config.temperature,
         progress: TrainProgress::new(steps, steps, case.replicas),
+        home: None,
     };
     let mut optim = optimizer(&config).init::<B, DmnnClassifier<B>>();
     let [c, size] = [config.model.in_channels, case.image_size];

@@ -12,7 +12,7 @@ use dmnn_train::config::{DataConfig, TrainConfig};
 use dmnn_train::data::SmallAugment;
 use dmnn_train::schedule::LrDecay;
 
-use crate::backend::BackendKind;
+use crate::backend::{BackendKind, DeviceSpec};
 
 /// Dynamic Multi-path Neural Networks: train, evaluate, measure.
 #[derive(Parser, Debug)]
@@ -425,6 +425,12 @@ pub struct TrainArgs {
     #[allow(missing_docs)]
     #[command(flatten)]
     pub backend: BackendArgs,
+    /// Train data-parallel on these devices, one replica each, the first the main one (it holds
+    /// the model, steps the optimiser and validates): GPU indices (`0,1,2,3`) or WGPU adapters
+    /// (`cpu,default`: two logical devices of one CPU adapter such as lavapipe). `--batch-size`
+    /// is the global batch, split evenly; the learning rate is that of one device on it.
+    #[arg(long, value_delimiter = ',', conflicts_with = "device", num_args = 1..)]
+    pub devices: Vec<DeviceSpec>,
     #[allow(missing_docs)]
     #[command(flatten)]
     pub model: ModelArgs,

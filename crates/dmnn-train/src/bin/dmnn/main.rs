@@ -21,9 +21,9 @@ use dmnn_train::bench::{
 use dmnn_train::config::TrainConfig;
 use dmnn_train::eval::{eval_run, EvalRequest};
 use dmnn_train::run::{load_run_model, RunDir};
-use dmnn_train::train::{train, RunOptions};
+use dmnn_train::train::{train_on, RunOptions};
 
-use backend::{dispatch, BackendJob, BackendKind};
+use backend::{dispatch, dispatch_on, BackendJob, BackendKind};
 use cli::{
     BenchArgs, Cli, Command, CostArgs, EvalArgs, ExportArgs, InitArgs, ReportArgs, SweepArgs, SynthArgs, TrainArgs,
 };
@@ -89,7 +89,7 @@ fn flags_beside_resume(matches: &clap::ArgMatches) -> Vec<String> {
         .map(|id| id.as_str())
         // argument groups (the flattened structs) have ids too
         .filter(|id| id.starts_with(|c: char| c.is_ascii_lowercase()))
-        .filter(|id| !["resume", "plain", "backend", "device"].contains(id))
+        .filter(|id| !["resume", "plain", "backend", "device", "devices"].contains(id))
         .filter(|id| sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine))
         .map(|id| format!("--{}", id.replace('_', "-")))
         .collect()
@@ -134,7 +134,8 @@ fn cost(args: CostArgs) -> Result<()> {
 }
 
 fn run_train(args: TrainArgs, imagenet: bool) -> Result<()> {
-    let (config, resume, out) = match &args.run.resume {
+    let devices = args.devices.len();
+    let (mut config, resume, out) = match &args.run.resume {
         Some(dir) => (RunDir::new(dir).read_config()?, true, Some(dir.clone())),
         None => {
             let mut config = args.resolve(imagenet)?;
@@ -146,8 +147,25 @@ fn run_train(args: TrainArgs, imagenet: bool) -> Result<()> {
             (config, false, args.run.out.clone())
         }
     };
+    if devices > 1 {
+        let listed: Vec<String> = args.devices.iter().map(ToString::to_string).collect();
+        let listed = listed.join(",");
+        if resume && config.replicas != devices {
+            anyhow::bail!(
+                "the run trained with replicas={} (its data split and noise follow them); --devices {listed} names {devices}: \
+                 resume it on {} devices",
+                config.replicas,
+                config.replicas
+            );
+        }
+        if let Some(r) = args.data.replicas.filter(|&r| r != devices) {
+            anyhow::bail!("--replicas {r} and --devices {listed} ({devices} devices) disagree: one replica per device");
+        }
+        config.replicas = devices;
+        config.validate()?;
+    }
     let job = TrainJob { config, resume, out, plain: args.run.plain };
-    dispatch(args.backend.backend, args.backend.device, job)
+    dispatch_on(args.backend.backend, &args.devices, job)
 }
 
 struct TrainJob {
@@ -161,8 +179,13 @@ impl BackendJob for TrainJob {
     type Output = ();
 
     fn run<B: AutodiffBackend>(self, device: B::Device, name: &str) -> Result<()> {
+        self.run_on::<B>(vec![device], name)
+    }
+
+    fn run_on<B: AutodiffBackend>(self, devices: Vec<B::Device>, name: &str) -> Result<()> {
+        let device = devices[0].clone();
         let options = RunOptions { out: self.out, plain: self.plain, backend: name.to_string() };
-        let (summary, dir) = train::<B>(self.config, device.clone(), options, self.resume)?;
+        let (summary, dir) = train_on::<B>(self.config, devices, options, self.resume)?;
         print::train_summary(&summary, dir.root());
         // the report is the run's picture, not its result: a failure to draw it is said, and
         // the trained run stands
