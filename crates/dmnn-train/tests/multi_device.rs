@@ -212,6 +212,14 @@ mod wgpu {
 
     type B = Autodiff<Wgpu>;
 
+    /// One WGPU test at a time: they share the process's two devices, and a device whose
+    /// thread panicked in one test (Burn reports such panics asynchronously) fails the others.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The main device first: the backend's default (Burn restores checkpoints onto it).
     fn two() -> Vec<WgpuDevice> {
         vec![WgpuDevice::DefaultDevice, WgpuDevice::Cpu]
@@ -219,6 +227,7 @@ mod wgpu {
 
     #[test]
     fn two_devices_train_as_one_device_on_their_global_batch() {
+        let _serial = serial();
         replicas_train_as_one_device::<B>("wgpu", two());
     }
 
@@ -226,6 +235,7 @@ mod wgpu {
     /// dynamic network on several devices is refused before anything is written.
     #[test]
     fn a_dynamic_network_is_refused_on_several_devices() {
+        let _serial = serial();
         let tmp = TempDir::new("multi-wgpu-dynamic");
         let data = dataset(tmp.path(), 2);
         let mut c = config("dmnn_small", data, SET, 1, Some(1));
@@ -244,6 +254,7 @@ mod wgpu {
     #[test]
     #[ignore = "fails: the replica's gradients differ (issue 15 stays open)"]
     fn a_replica_on_another_device_computes_the_networks_gradients() {
+        let _serial = serial();
         use burn::tensor::{Distribution, Int, TensorData};
         use burn::train::TrainStep;
         use dmnn_train::data::ClassificationBatch;
@@ -295,6 +306,7 @@ mod wgpu {
     /// them where they are.
     #[test]
     fn running_statistics_follow_the_main_devices_replica() {
+        let _serial = serial();
         use burn::module::AutodiffModule;
         use burn::tensor::Distribution;
         use dmnn_core::BatchNorm2dConfig;
@@ -322,6 +334,7 @@ mod wgpu {
     /// replica's fork must not read statistics from another device).
     #[test]
     fn a_network_moves_to_another_device_whole() {
+        let _serial = serial();
         // (Burn's own `fork` would ask the device for a device-to-device copy it does not have)
         let model = DmnnConfig::preset("dmnn_small").unwrap().init::<B>(&WgpuDevice::DefaultDevice);
         let moved = dmnn_core::backend::fork_replica(model.clone(), &WgpuDevice::Cpu);
@@ -335,6 +348,7 @@ mod wgpu {
     /// where the run that was not stopped ends.
     #[test]
     fn training_on_two_devices_resumes_from_its_checkpoint() {
+        let _serial = serial();
         let tmp = TempDir::new("multi-wgpu-resume");
         let data = dataset(tmp.path(), 4);
         let args = |out: &Path| -> Vec<String> {
