@@ -577,6 +577,8 @@ fn image_size(source: &dyn ImageSource) -> [usize; 2] {
 /// The newest checkpoint a resume can start from: its three files match their checksums and
 /// load as this run's records (the model's into this architecture). A newer one that does not
 /// is reported and the one before it tried, so a damaged last epoch costs one epoch, not the run.
+/// A checkpoint whose write had not finished when the run died (a file without its checksum) is
+/// one the run never made: skipped, it leaves the one before it or, for the first, the start.
 ///
 /// # Errors
 /// Checkpoints that exist but none of which can be used, each with its reason.
@@ -589,6 +591,13 @@ fn usable_checkpoint<B: AutodiffBackend>(
     let epochs = dir.complete_checkpoints();
     let mut refused: Vec<String> = Vec::new();
     for &k in &epochs {
+        if let Some(path) = dir.unfinished_checkpoint_file(k) {
+            log.line(&format!(
+                "the checkpoint of epoch {k} was being written when the run stopped ({} has no checksum beside it): skipped",
+                path.display()
+            ));
+            continue;
+        }
         match validate_checkpoint::<B>(config, dir, k, device) {
             Ok(()) => {
                 if !refused.is_empty() {

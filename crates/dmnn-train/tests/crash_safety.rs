@@ -216,6 +216,7 @@ fn a_run_killed_at_any_write_resumes_to_the_same_weights() {
     assert!(out.status.success(), "{}", text(&out));
     let reference = weights(&reference_dir);
     let faults = [
+        "crash:renamed:model-1.mpk",
         "crash:writing:model-2.mpk",
         "crash:written:model-2.mpk",
         "crash:renamed:model-2.mpk",

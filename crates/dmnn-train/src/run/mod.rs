@@ -129,17 +129,25 @@ impl RunDir {
     /// # Errors
     /// The first file that is missing, damaged or without its checksum, named.
     pub fn verify_checkpoint(&self, epoch: usize) -> std::result::Result<(), String> {
-        let mut verified = Vec::new();
-        for name in CHECKPOINT_RECORDS {
-            let path = self.checkpoint(name, epoch).with_extension("mpk");
-            verified.push((path.clone(), verify_file(&path)?));
+        if let Some(path) = self.unfinished_checkpoint_file(epoch) {
+            return Err(format!("{} has no checksum beside it (its write did not finish)", path.display()));
         }
-        if verified.iter().any(|(_, v)| *v) {
-            if let Some((path, _)) = verified.iter().find(|(_, v)| !*v) {
-                return Err(format!("{} has no checksum beside it (its write did not finish)", path.display()));
-            }
+        for name in CHECKPOINT_RECORDS {
+            verify_file(&self.checkpoint(name, epoch).with_extension("mpk"))?;
         }
         Ok(())
+    }
+
+    /// The file of checkpoint `epoch` that was being written when the run stopped: it has no
+    /// checksum while another file of the checkpoint has one (the checksum is written last, and a
+    /// checkpoint of an older dmnn has none at all). `None` when every file has its checksum.
+    pub fn unfinished_checkpoint_file(&self, epoch: usize) -> Option<PathBuf> {
+        let paths = CHECKPOINT_RECORDS.map(|name| self.checkpoint(name, epoch).with_extension("mpk"));
+        let summed = paths.clone().map(|p| checksum_file(&p).is_file());
+        if !summed.iter().any(|&s| s) {
+            return None;
+        }
+        paths.into_iter().zip(summed).find(|(_, s)| !s).map(|(p, _)| p)
     }
 
     /// The run's configuration.
