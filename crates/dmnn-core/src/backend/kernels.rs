@@ -16,7 +16,10 @@ use super::im2col::ConvGeometry;
 use super::im2col::{conv2d_im2col, im2col_fits};
 use super::pool::max_pool2d_host;
 use super::train_conv::train_conv_geometry;
-use super::{AutodiffKernels, FastPath, FastPaths, MAX_CONCURRENT_ELEMENTS, MIN_CONCURRENT_ELEMENTS};
+use super::{
+    subsample_strided_pointwise_in_training, AutodiffKernels, FastPath, FastPaths, MAX_CONCURRENT_ELEMENTS,
+    MIN_CONCURRENT_ELEMENTS,
+};
 use crate::layers::BatchNorm2d;
 
 /// A batch norm's inference `(scale, shift)`, each `[channels]`.
@@ -36,6 +39,9 @@ pub struct Kernels<B: Backend> {
     fast: FastPaths,
     one_image: bool,
     inference: bool,
+    /// Whether a strided 1x1 convolution is differentiated as a subsample and a pointwise
+    /// convolution ([`subsample_strided_pointwise_in_training`]).
+    subsample_strided_pointwise: bool,
     autodiff: Option<AutodiffKernels<B>>,
     affines: Mutex<HashMap<ParamId, Affine<B>>>,
 }
@@ -55,6 +61,7 @@ impl<B: Backend> Kernels<B> {
             fast: fast.for_training(!inference),
             one_image: batch_size == 1,
             inference,
+            subsample_strided_pointwise: !inference && subsample_strided_pointwise_in_training(&B::name(device)),
             autodiff: None,
             affines: Mutex::new(HashMap::new()),
         }
@@ -123,6 +130,8 @@ impl<B: Backend> Kernels<B> {
 
     /// The convolution of a projection shortcut: a strided 1x1 convolution subsamples the input
     /// first and runs a pointwise convolution ([`FastPath::SubsampledProjection`]); same values.
+    /// In training on a CubeCL backend it always does: Burn 0.21 differentiates the strided one
+    /// wrongly there ([`subsample_strided_pointwise_in_training`]).
     ///
     /// # Shapes
     /// - `x`: `[batch_size, channels_in, height, width]`
@@ -133,7 +142,9 @@ impl<B: Backend> Kernels<B> {
             conv.kernel_size == [1, 1] && conv.groups == 1 && conv.bias.is_none() && [sh, sw] != [1, 1];
         if self.train_conv_applies(conv, x.dims()).is_some() {
             self.conv(conv, x)
-        } else if strided_pointwise && self.fast.contains(FastPath::SubsampledProjection) {
+        } else if strided_pointwise
+            && (self.fast.contains(FastPath::SubsampledProjection) || self.subsample_strided_pointwise)
+        {
             let every = |s: usize| Slice::new(0, None, s as isize);
             let x = x.slice([Slice::full(), Slice::full(), every(sh), every(sw)]);
             conv2d(x, conv.weight.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))

@@ -219,6 +219,28 @@ impl FastPaths {
     }
 }
 
+/// Whether training on the backend of this name (as `Backend::name` gives it) differentiates a
+/// strided 1x1 convolution as a subsample (`x[.., .., ::s, ::s]`) and a pointwise convolution
+/// instead of Burn's strided convolution: on the CubeCL backends (WGPU, CUDA).
+///
+/// Not a fast path but a correction, so [`FAST_PATHS_ENV`] does not turn it off. Burn 0.21's
+/// CubeCL backends compute the input gradient of a strided 1x1 convolution with an autotuned
+/// `conv_transpose2d` (`burn-cubecl`, `conv_data_backward_fallback`: the implicit-GEMM
+/// candidates refuse a stride), and for some shapes it came back as zeros at every position the
+/// kernel covers; the autotuner times its candidates per device and keeps the faster without
+/// comparing values, so whether a projection shortcut's input gradient was right depended on
+/// the device (measured on two lavapipe devices: zeros at 3->5 channels on both, at 4->8 on
+/// one, at 8->16 on the other; right at 16->32 and above; a dynamic network's replica on the
+/// second device computed other gradients than the first, issue 15).
+/// The forward pass is right either way; the subsampled one gives the same values, and its
+/// backward (a stepped slice's and a pointwise convolution's) is right on every device tried.
+/// Upstream fix: correct the `conv_transpose2d` candidate that returns zeros for these shapes
+/// (a kernel smaller than its stride), and test autotune candidates against each other
+/// (docs/decisions.md).
+pub fn subsample_strided_pointwise_in_training(backend_name: &str) -> bool {
+    backend_name.contains("cubecl")
+}
+
 /// The name of the backend inside any wrappers: `autodiff<fusion<cuda>>` is `cuda`.
 fn innermost_backend(name: &str) -> &str {
     let mut inner = name.trim();
@@ -271,6 +293,19 @@ mod tests {
         let ad = FastPaths::for_backend(&Autodiff::<Flex>::name(&device), Autodiff::<Flex>::ad_enabled(&device));
         assert_eq!(ad.describe(), "matmul-conv, host-batch-norm, grouped-sparse");
         assert_eq!(FastPaths::probe::<Autodiff<Flex>>(&device), ad);
+    }
+
+    /// The correction of a strided 1x1 convolution's gradient applies to the CubeCL backends,
+    /// fused or not, and to no host backend.
+    #[test]
+    fn strided_pointwise_is_subsampled_in_training_on_cubecl_backends_only() {
+        for name in ["autodiff<fusion<cubecl<wgpu<wgsl>>>>", "fusion<cubecl<cuda>>", "cubecl<wgpu<spirv>>"] {
+            assert!(subsample_strided_pointwise_in_training(name), "{name}");
+        }
+        let flex = Autodiff::<Flex>::name(&Default::default());
+        for name in [flex.as_str(), "autodiff<ndarray>", "flex"] {
+            assert!(!subsample_strided_pointwise_in_training(name), "{name}");
+        }
     }
 
     #[test]
