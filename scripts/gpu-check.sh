@@ -24,8 +24,8 @@
 #   5. train-imagenet for a few hundred steps on a synthetic ImageNet-layout tree of JPEG files
 #      written on the spot (decoding and cropping are in the measurement) -> train-imagenet-<backend>.csv
 #   6. where there are several devices: train-imagenet data-parallel on 1, 2, ... N of them at
-#      the same batch per device (resnet50: dynamic networks are not yet trained on several
-#      devices): images/s and scaling efficiency -> scaling-<backend>.csv
+#      the same batch per device (dmnn50 with the full objective): images/s and scaling
+#      efficiency -> scaling-<backend>.csv
 set -euo pipefail
 
 backend=cuda
@@ -163,11 +163,11 @@ if [ -n "$devices" ]; then
         k_per_epoch=$(( (k_steps + k_epochs - 1) / k_epochs ))
         k_steps=$(( k_epochs * k_per_epoch ))
         run "$dmnn" train-imagenet --backend "$backend" --devices "$list" --plain --data "$out/synthetic-imagenet" \
-            --model "$reference" --num-classes "$classes" --image-size "$size" --batch-size "$global" \
+            --model "$model" --num-classes "$classes" --image-size "$size" --batch-size "$global" \
             --eval-batch-size "$train_batch" --max-eval-batches 1 --epochs "$k_epochs" \
             --max-steps-per-epoch "$k_per_epoch" --out "$out/run-devices-$k"
         summary="$out/run-devices-$k/summary.json"
-        awk -v b="$backend" -v m="$reference" -v s="$size" -v d="$list" -v g="$global" -v st="$k_steps" -v k="$k" \
+        awk -v b="$backend" -v m="$model" -v s="$size" -v d="$list" -v g="$global" -v st="$k_steps" -v k="$k" \
             -v w="$(field wall_seconds)" -v one="$(awk -F, 'NR == 2 { print $8 }' "$scaling")" \
             'BEGIN { ips = st * g / w; e = (one == "" ? 1 : ips / (k * one));
                      printf "%s,%s,%s,\"%s\",%s,%s,%.1f,%.1f,%.3f\n", b, m, s, d, g, st, w, ips, e }' >>"$scaling"

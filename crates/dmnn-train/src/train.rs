@@ -167,15 +167,6 @@ fn check_devices<B: AutodiffBackend>(config: &TrainConfig, devices: &[B::Device]
             devices.iter().position(|e| e == d).unwrap_or(0)
         )));
     }
-    if devices.len() > 1 && config.model.is_dynamic() {
-        return Err(TrainError::Config(format!(
-            "model '{}' is dynamic, and a dynamic network cannot train on several devices yet: a replica on a \
-             second device computes other gradients than the main device does from the same weights and batch \
-             (the same loss; tests/multi_device.rs has the reproducer). Static networks (resnet_*) train on {devices:?}; \
-             on one device, --replicas N trains N replicas",
-            config.model.name
-        )));
-    }
     // Burn 0.21 restores a checkpoint onto the backend's default device
     // (`SupervisedLearningStrategy::train` calls `load_checkpoint(.., &Default::default(), ..)`),
     // and a replica's model, optimiser state and gradients must then all be on the main device
