@@ -10,7 +10,7 @@ use burn::nn::PaddingConfig2d;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{Slice, Tensor};
+use burn::tensor::{Int, Slice, Tensor, TensorData};
 
 use super::im2col::ConvGeometry;
 use super::im2col::{conv2d_im2col, im2col_fits};
@@ -142,11 +142,22 @@ impl<B: Backend> Kernels<B> {
             conv.kernel_size == [1, 1] && conv.groups == 1 && conv.bias.is_none() && [sh, sw] != [1, 1];
         if self.train_conv_applies(conv, x.dims()).is_some() {
             self.conv(conv, x)
-        } else if strided_pointwise
-            && (self.fast.contains(FastPath::SubsampledProjection) || self.subsample_strided_pointwise)
-        {
+        } else if strided_pointwise && self.fast.contains(FastPath::SubsampledProjection) {
             let every = |s: usize| Slice::new(0, None, s as isize);
             let x = x.slice([Slice::full(), Slice::full(), every(sh), every(sw)]);
+            conv2d(x, conv.weight.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
+        } else if strided_pointwise && self.subsample_strided_pointwise {
+            // rows and columns picked with `select` (its backward a `select_assign`): with a
+            // stepped slice, Burn 0.21's fusion lost a tensor's handle in a later run of the
+            // same process ("Should have handle for tensor")
+            let [_, _, height, width] = x.dims();
+            let device = x.device();
+            let every = |n: usize, s: usize| {
+                let rows: Vec<i64> = (0..n).step_by(s).map(|i| i as i64).collect();
+                let len = rows.len();
+                Tensor::<B, 1, Int>::from_data(TensorData::new(rows, [len]), &device)
+            };
+            let x = x.select(2, every(height, sh)).select(3, every(width, sw));
             conv2d(x, conv.weight.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
         } else {
             conv.forward(x)

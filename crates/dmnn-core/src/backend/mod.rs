@@ -220,7 +220,7 @@ impl FastPaths {
 }
 
 /// Whether training on the backend of this name (as `Backend::name` gives it) differentiates a
-/// strided 1x1 convolution as a subsample (`x[.., .., ::s, ::s]`) and a pointwise convolution
+/// strided 1x1 convolution as a subsample (every `s`-th row and column) and a pointwise convolution
 /// instead of Burn's strided convolution: on the CubeCL backends (WGPU, CUDA).
 ///
 /// Not a fast path but a correction, so [`FAST_PATHS_ENV`] does not turn it off. Burn 0.21's
@@ -233,8 +233,8 @@ impl FastPaths {
 /// one, at 8->16 on the other; right at 16->32 and above; a dynamic network's replica on the
 /// second device computed other gradients than the first, issue 15).
 /// The forward pass is right either way; the subsampled one gives the same values, and its
-/// backward (a stepped slice's and a pointwise convolution's) is right on every device tried.
-/// Upstream fix: correct the `conv_transpose2d` candidate that returns zeros for these shapes
+/// backward (a `select`'s and a pointwise convolution's) is right on every device tried.
+/// Upstream fix: correct the `conv_transpose2d` kernel that returns zeros for these shapes
 /// (a kernel smaller than its stride), and test autotune candidates against each other
 /// (docs/decisions.md).
 pub fn subsample_strided_pointwise_in_training(backend_name: &str) -> bool {
