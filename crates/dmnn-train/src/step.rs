@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::data::ClassificationBatch;
+use crate::run::CheckpointReads;
 
 /// Training state shared by every clone of the model: the run's length (for the temperature
 /// schedule), its data-parallel replicas (for the loss scale) and the non-finite-loss guard. The step itself comes with every batch
@@ -32,6 +33,7 @@ pub struct TrainProgress {
     stopped_at: Mutex<Option<(usize, f64)>>,
     stop: AtomicBool,
     interrupter: Mutex<Option<Interrupter>>,
+    checkpoints: Arc<CheckpointReads>,
 }
 
 impl core::fmt::Debug for TrainProgress {
@@ -51,7 +53,14 @@ impl TrainProgress {
             stopped_at: Mutex::new(None),
             stop: AtomicBool::new(false),
             interrupter: Mutex::new(None),
+            checkpoints: Default::default(),
         })
+    }
+
+    /// The checkpoint records being read off the training thread: a step waits for them
+    /// (see [`CheckpointReads`]).
+    pub fn checkpoint_reads(&self) -> Arc<CheckpointReads> {
+        self.checkpoints.clone()
     }
 
     /// The Learner's interrupter, used to stop on a non-finite loss.
@@ -255,30 +264,56 @@ pub struct StepStats {
     pub block_rates: Vec<f64>,
 }
 
-/// The device-side output of a step; synced to [`StepStats`] off the training thread.
+/// The device-side output of a step, synced to [`StepStats`] off the training thread (Burn's
+/// Learner reads it on its event processor's thread): one tensor holding, in order, the loss, the
+/// cross-entropy, the auxiliary loss, the cost penalty, the gated blocks' open rates, every
+/// sample's executed MACs, its label and its logits.
+///
+/// One tensor made for it, so that no clone of it stays with the training thread: Burn 0.21's
+/// fusion (the WGPU and CUDA backends) judges from the count of a tensor's clones whether a read
+/// may free it, and that count can change between the judgement and the read. When another
+/// thread drops a clone in between, the tensor is freed before it is read, and the read fails
+/// ("Should have handle for tensor"). The loss and the logits themselves live on in the autodiff
+/// graph and the batch, on the training thread.
 pub struct StepOutput<B: Backend> {
-    loss: Tensor<B, 1>,
-    ce: Tensor<B, 1>,
-    aux: Tensor<B, 1>,
-    cost: Tensor<B, 1>,
-    logits: Tensor<B, 2>,
-    targets: Tensor<B, 1, Int>,
-    macs: Tensor<B, 1>,
-    block_rates: Option<Tensor<B, 1>>,
+    values: Tensor<B, 1>,
+    batch_size: usize,
+    blocks: usize,
     macs_full: f64,
 }
 
-fn to_f64<B: Backend, const D: usize>(t: Tensor<B, D>) -> Vec<f64> {
-    t.into_data().convert::<f64>().to_vec::<f64>().expect("f64 values")
+impl<B: Backend> StepOutput<B> {
+    /// Packs a step's output: `terms` are the loss, the cross-entropy, the auxiliary loss and
+    /// the cost penalty (`[1]` each); `block_rates` is `[L]`, `macs` and `targets` are `[N]`,
+    /// `logits` is `[N, classes]`.
+    fn pack(
+        terms: [Tensor<B, 1>; 4],
+        block_rates: Option<Tensor<B, 1>>,
+        macs: Tensor<B, 1>,
+        targets: Tensor<B, 1, Int>,
+        logits: Tensor<B, 2>,
+        macs_full: f64,
+    ) -> Self {
+        let [batch_size, num_classes] = logits.dims();
+        let blocks = block_rates.as_ref().map_or(0, |r| r.dims()[0]);
+        let mut parts = terms.to_vec();
+        parts.extend(block_rates);
+        parts.extend([macs, targets.float(), logits.reshape([batch_size * num_classes])]);
+        Self { values: Tensor::cat(parts, 0), batch_size, blocks, macs_full }
+    }
 }
 
 impl<B: Backend> ItemLazy for StepOutput<B> {
     type ItemSync = StepStats;
 
     fn sync(self) -> StepStats {
-        let [batch_size, num_classes] = self.logits.dims();
-        let logits = to_f64(self.logits);
-        let targets: Vec<i64> = self.targets.into_data().convert::<i64>().to_vec().expect("i64 labels");
+        let (n, blocks) = (self.batch_size, self.blocks);
+        let values = self.values.into_data().convert::<f64>().to_vec::<f64>().expect("f64 values");
+        let (terms, rest) = values.split_at(4);
+        let (block_rates, rest) = rest.split_at(blocks);
+        let (macs, rest) = rest.split_at(n);
+        let (targets, logits) = rest.split_at(n);
+        let num_classes = logits.len() / n.max(1);
         let (mut top1, mut top5) = (0, 0);
         for (b, &y) in targets.iter().enumerate() {
             let row = &logits[b * num_classes..(b + 1) * num_classes];
@@ -293,16 +328,16 @@ impl<B: Backend> ItemLazy for StepOutput<B> {
             top5 += usize::from(higher < 5);
         }
         StepStats {
-            batch_size,
-            loss: to_f64(self.loss)[0],
-            ce: to_f64(self.ce)[0],
-            aux: to_f64(self.aux)[0],
-            cost: to_f64(self.cost)[0],
+            batch_size: n,
+            loss: terms[0],
+            ce: terms[1],
+            aux: terms[2],
+            cost: terms[3],
             correct_top1: top1,
             correct_top5: top5,
-            macs: to_f64(self.macs),
+            macs: macs.to_vec(),
             macs_full: self.macs_full,
-            block_rates: self.block_rates.map(to_f64).unwrap_or_default(),
+            block_rates: block_rates.to_vec(),
         }
     }
 }
@@ -394,17 +429,14 @@ impl<B: Backend> DmnnClassifier<B> {
         let macs_full = out.cost.macs_full() as f64;
         let total = terms.total.clone();
         (
-            StepOutput {
-                loss: terms.total.detach(),
-                ce: terms.ce.detach(),
-                aux: terms.aux.detach(),
-                cost: terms.cost.detach(),
-                logits: out.logits.detach(),
-                targets,
-                macs: out.macs.detach(),
+            StepOutput::pack(
+                [terms.total, terms.ce, terms.aux, terms.cost].map(Tensor::detach),
                 block_rates,
+                out.macs.detach(),
+                targets,
+                out.logits.detach(),
                 macs_full,
-            },
+            ),
             total,
         )
     }
@@ -465,6 +497,8 @@ impl<B: AutodiffBackend> DmnnClassifier<B> {
     }
 
     fn step_replica(&self, batch: ClassificationBatch<B>) -> (TrainOutput<StepOutput<B>>, StepTimes) {
+        // the optimiser step after this one drops tensors a checkpoint may still be reading
+        self.progress.checkpoints.wait();
         let start = std::time::Instant::now();
         let step = batch.step + 1;
         let [batch_size, ..] = batch.images.dims();
@@ -524,20 +558,29 @@ mod tests {
             &device,
         );
         let targets = Tensor::<Flex, 1, Int>::from_data(TensorData::new(vec![0i64, 0, 1], [3]), &device);
-        let zero = Tensor::<Flex, 1>::zeros([1], &device);
-        let out = StepOutput {
-            loss: zero.clone(),
-            ce: zero.clone(),
-            aux: zero.clone(),
-            cost: zero,
-            logits,
-            targets,
-            macs: Tensor::zeros([3], &device),
-            block_rates: None,
-            macs_full: 1.0,
-        };
+        let terms = [0.0, 1.0, 2.0, 3.0].map(|v| Tensor::<Flex, 1>::from_floats([v], &device));
+        let out = StepOutput::pack(terms, None, Tensor::zeros([3], &device), targets, logits, 1.0);
         let stats = out.sync();
         // the NaN row is wrong at top-1 and top-5 alike, the two others right
         assert_eq!((stats.correct_top1, stats.correct_top5), (2, 2));
+    }
+
+    /// Every field comes back from the one packed tensor where it belongs.
+    #[test]
+    fn a_step_output_reads_back_every_field() {
+        let device = Default::default();
+        let terms = [0.5, 1.5, 2.5, 3.5].map(|v| Tensor::<Flex, 1>::from_floats([v], &device));
+        let rates = Tensor::<Flex, 1>::from_floats([0.25, 0.75], &device);
+        let macs = Tensor::<Flex, 1>::from_floats([10.0, 20.0, 30.0], &device);
+        let targets = Tensor::<Flex, 1, Int>::from_data(TensorData::new(vec![2i64, 0, 1], [3]), &device);
+        // sample 0: class 2 ranks second (wrong, top-5 right); 1: right; 2: right
+        let logits = Tensor::<Flex, 2>::from_floats([[0.0, 5.0, 4.0], [9.0, 1.0, 2.0], [0.0, 1.0, 0.5]], &device);
+        let stats = StepOutput::pack(terms, Some(rates), macs, targets, logits, 60.0).sync();
+        assert_eq!(stats.batch_size, 3);
+        assert_eq!([stats.loss, stats.ce, stats.aux, stats.cost], [0.5, 1.5, 2.5, 3.5]);
+        assert_eq!(stats.block_rates, vec![0.25, 0.75]);
+        assert_eq!(stats.macs, vec![10.0, 20.0, 30.0]);
+        assert_eq!(stats.macs_full, 60.0);
+        assert_eq!((stats.correct_top1, stats.correct_top5), (2, 3));
     }
 }
