@@ -13,7 +13,8 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::SgdConfig;
 use burn::record::Recorder;
 use burn::tensor::backend::AutodiffBackend;
-use burn::train::checkpoint::KeepLastNCheckpoints;
+use burn::train::checkpoint::{CheckpointingAction, CheckpointingStrategy, KeepLastNCheckpoints};
+use burn::train::metric::store::EventStoreClient;
 use burn::train::renderer::MetricsRenderer;
 use burn::train::{ExecutionStrategy, Learner, MultiDeviceOptim, SupervisedTraining};
 use dmnn_core::{Dmnn, ExecutionMode, ForwardOptions};
@@ -25,7 +26,10 @@ use crate::error::{Result, TrainError};
 use crate::eval::{evaluate, recalibrate_bn};
 use crate::init::initial_weights;
 use crate::metrics::DmnnMetric;
-use crate::run::{timestamp, write_atomic, AtomicRecorder, BoxedRenderer, EpochTable, PlainRenderer, RunDir, RunLog};
+use crate::run::{
+    timestamp, write_atomic, AtomicRecorder, BoxedRenderer, CheckpointReads, CheckpointRecorder, EpochTable,
+    PlainRenderer, RunDir, RunLog,
+};
 use crate::schedule::WarmupSchedule;
 use crate::step::{DmnnClassifier, TrainProgress};
 
@@ -365,8 +369,11 @@ pub fn launch<B: AutodiffBackend>(run: &Prepared<B>) -> Result<Dmnn<B::InnerBack
     let table =
         EpochTable::new(run.dir.metrics()).with_wall_clock(run.dir.wall_clock(), run.earlier_seconds, run.start);
     let mut training = SupervisedTraining::new(run.dir.root(), train_loader, valid_loader)
-        .with_file_checkpointer(AtomicRecorder)
-        .with_checkpointing_strategy(KeepLastNCheckpoints::new(2))
+        .with_file_checkpointer(CheckpointRecorder::new(progress.checkpoint_reads()))
+        .with_checkpointing_strategy(CountedCheckpoints {
+            keep: KeepLastNCheckpoints::new(2),
+            reads: progress.checkpoint_reads(),
+        })
         .with_metric_logger(table.clone())
         .num_epochs(config.epochs);
     for metric in DmnnMetric::all(config.model.blocks().len() * usize::from(config.model.is_dynamic())) {
@@ -610,6 +617,23 @@ fn usable_checkpoint<B: AutodiffBackend>(
         dir.checkpoints().display(),
         refused.join("; ")
     )))
+}
+
+/// Burn's keep-the-last-N checkpoint strategy, telling [`CheckpointReads`] of the records each
+/// save it orders will hand to the checkpointer's threads (before they are handed over: this
+/// runs on the training thread, just before the saves).
+struct CountedCheckpoints {
+    keep: KeepLastNCheckpoints,
+    reads: Arc<CheckpointReads>,
+}
+
+impl CheckpointingStrategy for CountedCheckpoints {
+    fn checkpointing(&mut self, epoch: usize, store: &EventStoreClient) -> Vec<CheckpointingAction> {
+        let actions = self.keep.checkpointing(epoch, store);
+        let saves = actions.iter().filter(|a| **a == CheckpointingAction::Save).count();
+        self.reads.expect(saves * CheckpointReads::PER_CHECKPOINT);
+        actions
+    }
 }
 
 /// Checks checkpoint `epoch` before the Learner (which panics on a bad file) gets it: checksums,

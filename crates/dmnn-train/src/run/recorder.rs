@@ -3,6 +3,7 @@
 //! older dmnn versions.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -81,6 +82,101 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
             Some(bytes) => decode::<I>(&bytes).map_err(RecorderError::DeserializeError),
             None => Err(RecorderError::DeserializeError(first)),
         }
+    }
+}
+
+/// The checkpoint records whose tensors are still being read to the host.
+///
+/// Burn's Learner hands each checkpoint's three records (the model's, the optimiser's, the
+/// scheduler's) to a thread of their own and goes on training. Those threads read the records'
+/// tensors, which are clones of the training thread's: on Burn 0.21's fused backends (WGPU,
+/// CUDA) a read on one thread while another drops a clone can free the tensor before the read
+/// happens ("Should have handle for tensor"). The optimiser's step drops the old parameters and
+/// moments. So training waits, before its next step, until every record it handed over has been
+/// read ([`CheckpointReads::wait`]). The files are then written while training goes on.
+#[derive(Debug, Default)]
+pub struct CheckpointReads {
+    pending: Mutex<usize>,
+    read: Condvar,
+}
+
+impl CheckpointReads {
+    /// Records of one checkpoint: the model's, the optimiser's and the scheduler's.
+    pub const PER_CHECKPOINT: usize = 3;
+
+    /// `records` more records are on their way to the checkpointer's threads.
+    pub fn expect(&self, records: usize) {
+        *self.pending.lock().unwrap_or_else(|e| e.into_inner()) += records;
+    }
+
+    /// Blocks until every record expected has been read.
+    pub fn wait(&self) {
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.read.wait_while(pending, |n| *n > 0).unwrap_or_else(|e| e.into_inner()));
+    }
+
+    fn read_one(&self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        *pending = pending.saturating_sub(1);
+        if *pending == 0 {
+            self.read.notify_all();
+        }
+    }
+}
+
+/// The recorder of Burn's checkpointer: [`AtomicRecorder`]'s files, byte for byte, and every
+/// record's tensors read to the host counted in [`CheckpointReads`] (read or not: a record
+/// whose read panicked counts too, so training never waits for it).
+#[derive(Debug, Default, Clone)]
+pub struct CheckpointRecorder {
+    reads: Arc<CheckpointReads>,
+}
+
+impl CheckpointRecorder {
+    /// A recorder that reports its reads to `reads`.
+    pub fn new(reads: Arc<CheckpointReads>) -> Self {
+        Self { reads }
+    }
+}
+
+impl<B: Backend> FileRecorder<B> for CheckpointRecorder {
+    fn file_extension() -> &'static str {
+        "mpk"
+    }
+}
+
+impl<B: Backend> Recorder<B> for CheckpointRecorder {
+    type Settings = FullPrecisionSettings;
+    type RecordArgs = PathBuf;
+    type RecordOutput = ();
+    type LoadArgs = PathBuf;
+
+    fn record<R: Record<B>>(&self, record: R, file: PathBuf) -> Result<(), RecorderError> {
+        struct Read<'a>(&'a CheckpointReads);
+        impl Drop for Read<'_> {
+            fn drop(&mut self) {
+                self.0.read_one();
+            }
+        }
+        let item = {
+            let _read = Read(&self.reads);
+            record.into_item::<FullPrecisionSettings>()
+        };
+        // the same metadata as AtomicRecorder's records, so the files are the same bytes
+        let item = BurnRecord::<_, B>::new::<AtomicRecorder>(item);
+        Recorder::<B>::save_item(&AtomicRecorder, item, file)
+    }
+
+    fn save_item<I: Serialize>(&self, item: I, file: PathBuf) -> Result<(), RecorderError> {
+        Recorder::<B>::save_item(&AtomicRecorder, item, file)
+    }
+
+    fn load<R: Record<B>>(&self, file: PathBuf, device: &B::Device) -> Result<R, RecorderError> {
+        Recorder::<B>::load(&AtomicRecorder, file, device)
+    }
+
+    fn load_item<I: DeserializeOwned>(&self, file: &mut PathBuf) -> Result<I, RecorderError> {
+        Recorder::<B>::load_item(&AtomicRecorder, file)
     }
 }
 
