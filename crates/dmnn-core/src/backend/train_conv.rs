@@ -62,25 +62,6 @@ fn chunks(batch: usize) -> Vec<Chunk> {
     (0..count).map(|i| (i * batch / count, (i + 1) * batch / count - i * batch / count)).filter(|c| c.1 > 0).collect()
 }
 
-/// Values of a part's column gradient that the parts of a chunk aim at: 128 Ki values
-/// (512 KiB), so that a part's column gradient stays in a core's L2 cache (1–2 MiB on the CPUs
-/// this project has run on) between the product that writes it and the col2im that reads it.
-pub const PART_COLUMNS: usize = 1 << 17;
-
-/// The parts of a chunk of `images` (first image relative to the chunk's, images) that its input
-/// gradient is computed in, one after the other: as many images as keep a part's column
-/// gradient within [`PART_COLUMNS`] values, or the whole chunk where one image's is larger.
-/// Every value is the same product of the same row and column as over the whole chunk, so the
-/// parts change no number (the main job's run is the same to the digit). The forward product
-/// and the weight gradient stay one product per chunk: split into parts, the matrix product
-/// rounds some values otherwise (the columns fall to other micro-kernels), and the weight
-/// gradient is a sum over the chunk's columns.
-fn parts(g: &ConvGeometry, images: usize) -> Vec<Chunk> {
-    let per_image = (g.rows() * g.positions()).max(1);
-    let per_part = if per_image <= PART_COLUMNS { PART_COLUMNS / per_image } else { images }.max(1);
-    (0..images).step_by(per_part).map(|first| (first, per_part.min(images - first))).collect()
-}
-
 /// The geometry of a chunk of `images` of the batch.
 fn chunk_geometry(g: &ConvGeometry, images: usize) -> ConvGeometry {
     ConvGeometry { batch: images, ..*g }
@@ -160,21 +141,14 @@ impl<I: Backend> Backward<I, 2> for MatmulConvBackward {
                         kept.unwrap_or_else(|| columns_of::<I>(input.as_deref().expect("the input"), &g, chunk, &dev));
                     chunk_grad.clone().matmul(cols.transpose()) // [O, K]
                 });
-                // part by part ([`parts`]), each part's column gradient used while in cache
                 let grad_x = want_x.then(|| {
-                    let mut grad_x = Vec::with_capacity(images * g.channels * height * width);
-                    for (part_first, part_images) in parts(&g, images) {
-                        let part = part_first * positions..(part_first + part_images) * positions;
-                        let part_grad = chunk_grad.clone().slice([0..channels_out, part]);
-                        let grad_cols = host(weight_t.clone().matmul(part_grad)); // [K, n·L] of the part
-                        let pg = chunk_geometry(&g, part_images);
-                        grad_x.extend(if pg.is_pointwise() {
-                            swap_batch_and_channels(&grad_cols, pg.channels, part_images, positions)
-                        } else {
-                            col2im_batched(&grad_cols, &pg)
-                        });
+                    let grad_cols = host(weight_t.clone().matmul(chunk_grad)); // [K, n·L]
+                    let cg = chunk_geometry(&g, images);
+                    if cg.is_pointwise() {
+                        swap_batch_and_channels(&grad_cols, cg.channels, images, positions)
+                    } else {
+                        col2im_batched(&grad_cols, &cg)
                     }
-                    grad_x
                 });
                 (grad_weight, grad_x)
             })
@@ -293,8 +267,6 @@ mod tests {
             (4, 3, 5, 7, 3, 1, 0),
             (2, 3, 10, 19, 7, 2, 3),
             (1, 13, 3, 6, 3, 2, 1),
-            // a column gradient of 113k values per image: chunks of two images, in parts of one
-            (8, 16, 8, 28, 3, 1, 1),
         ];
         // and random ones (a seeded generator): kernels 1/3/7, strides 1/2, paddings 0/1/3,
         // batches 1-4, channel counts 1-13 but never 8
@@ -347,25 +319,6 @@ mod tests {
                 assert!(dw <= 1e-4, "{name}: weight gradient differs by {dw} (relative)");
             }
         }
-    }
-
-    #[test]
-    fn a_chunk_is_cut_into_parts_that_fit_the_cache() {
-        let geometry = |channels: usize, side: usize| ConvGeometry {
-            batch: 32,
-            channels,
-            input: [side, side],
-            kernel: [3, 3],
-            stride: [1, 1],
-            padding: [1, 1],
-            dilation: [1, 1],
-            output: [side, side],
-        };
-        // 16 channels at 14 px: 144 rows x 196 positions = 28,224 values an image, 4 images a part
-        assert_eq!(parts(&geometry(16, 14), 10), vec![(0, 4), (4, 4), (8, 2)]);
-        // an image over PART_COLUMNS (64 channels at 56 px: 1.8M values): the whole chunk
-        assert_eq!(parts(&geometry(64, 56), 3), vec![(0, 3)]);
-        assert_eq!(parts(&geometry(16, 14), 1), vec![(0, 1)]);
     }
 
     #[test]
