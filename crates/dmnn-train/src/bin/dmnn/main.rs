@@ -39,6 +39,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let matches = <Cli as clap::CommandFactory>::command().get_matches();
     let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    if matches!(cli.command, Command::Train(_) | Command::TrainImagenet(_) | Command::Sweep(_)) {
+        // a training step frees and allocates the same buffers every step: kept, they are not
+        // faulted in and zeroed again by the kernel (docs/decisions.md)
+        restart_without_purging();
+    }
     let result = match cli.command {
         Command::Cost(args) => cost(args),
         Command::Train(args) | Command::TrainImagenet(args)
@@ -98,9 +103,9 @@ fn flags_beside_resume(matches: &clap::ArgMatches) -> Vec<String> {
 /// mimalloc's option that delays (in ms) returning freed memory to the system; -1 never does.
 const PURGE_DELAY_VAR: &str = "MIMALLOC_PURGE_DELAY";
 
-/// Bench timings run with mimalloc's purging off (docs/decisions.md): mimalloc reads its options
-/// when the process starts, so the bench re-executes itself with the variable set, unless the
-/// caller set it.
+/// Training and bench timings run with mimalloc's purging off (docs/decisions.md): mimalloc reads
+/// its options when the process starts, so the command re-executes itself with the variable set,
+/// unless the caller set it.
 fn restart_without_purging() {
     #[cfg(unix)]
     if std::env::var_os(PURGE_DELAY_VAR).is_none() {
@@ -109,7 +114,7 @@ fn restart_without_purging() {
         // `exec` only returns on failure
         let err = std::process::Command::new(exe).args(std::env::args_os().skip(1)).env(PURGE_DELAY_VAR, "-1").exec();
         eprintln!(
-            "warning: could not restart with {PURGE_DELAY_VAR}=-1 ({err}); timing with mimalloc's default purging"
+            "warning: could not restart with {PURGE_DELAY_VAR}=-1 ({err}); running with mimalloc's default purging"
         );
     }
 }
