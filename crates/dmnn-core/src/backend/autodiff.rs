@@ -82,9 +82,34 @@ fn norm_autodiff<B: AutodiffBackend>(bn: &BatchNorm2d<B>, x: Tensor<B, 4>) -> No
     (cast(y), cast(mean), cast(var))
 }
 
-/// The values of an inner tensor as `f32` on the host.
-pub(crate) fn host<I: Backend, const D: usize>(t: Tensor<I, D>) -> Vec<f32> {
-    t.into_data().convert::<f32>().into_vec::<f32>().expect("f32 values")
+/// The values of an inner tensor as `f32` on the host: the backend's own buffer where it hands
+/// it over (burn-flex does for a tensor nothing else holds), read in place.
+pub(crate) fn host<I: Backend, const D: usize>(t: Tensor<I, D>) -> HostValues {
+    let data = t.into_data().convert::<f32>();
+    match data.as_slice::<f32>() {
+        Ok(_) => HostValues::Data(data),
+        // a buffer not aligned for f32
+        Err(_) => HostValues::Copied(data.iter::<f32>().collect()),
+    }
+}
+
+/// A tensor's `f32` values on the host ([`host`]): its data, or a copy where the data's bytes
+/// cannot be read as `f32` in place (`TensorData::into_vec` copies every buffer whose alignment
+/// is not `f32`'s, as burn-flex's are).
+pub(crate) enum HostValues {
+    Data(TensorData),
+    Copied(Vec<f32>),
+}
+
+impl core::ops::Deref for HostValues {
+    type Target = [f32];
+
+    fn deref(&self) -> &[f32] {
+        match self {
+            Self::Data(data) => data.as_slice::<f32>().expect("checked by `host`"),
+            Self::Copied(values) => values,
+        }
+    }
 }
 
 /// Host values as an inner tensor.

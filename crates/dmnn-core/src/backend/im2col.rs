@@ -197,6 +197,41 @@ pub(crate) fn im2col_batched(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
     columns
 }
 
+/// [`im2col_batched`] on the calling thread, each value written once (no zeroed buffer first):
+/// for a training chunk, which is a task of its own.
+pub(crate) fn im2col_appended(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
+    let [height, width] = g.input;
+    let [out_h, out_w] = g.output;
+    let stride_w = g.stride[1];
+    let mut columns = Vec::with_capacity(g.rows() * g.batch * g.positions());
+    let zeros = |columns: &mut Vec<f32>, count: usize| columns.resize(columns.len() + count, 0.0);
+    for row in 0..g.rows() {
+        let (_, c, kh, kw) = g.row(row);
+        let (offset_h, ohs) = g.valid(0, kh);
+        let (offset_w, ows) = g.valid(1, kw);
+        for b in 0..g.batch {
+            let plane = &src[(b * g.channels + c) * height * width..(b * g.channels + c + 1) * height * width];
+            zeros(&mut columns, ohs.start * out_w);
+            for oh in ohs.clone() {
+                let ih = ((oh * g.stride[0]) as isize + offset_h) as usize;
+                let line = &plane[ih * width..(ih + 1) * width];
+                zeros(&mut columns, ows.start);
+                if !ows.is_empty() {
+                    let first = ((ows.start * stride_w) as isize + offset_w) as usize;
+                    if stride_w == 1 {
+                        columns.extend_from_slice(&line[first..first + ows.len()]);
+                    } else {
+                        columns.extend(line[first..].iter().step_by(stride_w).take(ows.len()));
+                    }
+                }
+                zeros(&mut columns, out_w - ows.end);
+            }
+            zeros(&mut columns, (out_h - ohs.end) * out_w);
+        }
+    }
+    columns
+}
+
 /// The adjoint of [`im2col_batched`]: sums every entry of a `[rows, batch · positions]` matrix
 /// back onto the input position it was taken from, giving `[batch, channels, height, width]`;
 /// planes filled in parallel.
@@ -229,18 +264,17 @@ pub(crate) fn col2im_batched(columns: &[f32], g: &ConvGeometry) -> Vec<f32> {
 }
 
 /// `[batch, channels, positions]` from `[channels, batch · positions]` (or back, with the first two
-/// sizes swapped): the layout change between a batch-folded matrix product and NCHW; rows in
-/// parallel.
+/// sizes swapped): the layout change between a batch-folded matrix product and NCHW, on the
+/// calling thread (a training chunk's task), each value written once.
 pub(crate) fn swap_batch_and_channels(src: &[f32], outer: usize, inner: usize, positions: usize) -> Vec<f32> {
     // src is [outer, inner, positions]; the result is [inner, outer, positions]
-    let mut out = vec![0f32; outer * inner * positions];
-    let rows_per_task = (ELEMENTS_PER_TASK / (outer * positions).max(1)).max(1);
-    out.par_chunks_mut(outer * positions).enumerate().with_min_len(rows_per_task).for_each(|(i, dst)| {
+    let mut out = Vec::with_capacity(outer * inner * positions);
+    for i in 0..inner {
         for o in 0..outer {
             let from = (o * inner + i) * positions;
-            dst[o * positions..(o + 1) * positions].copy_from_slice(&src[from..from + positions]);
+            out.extend_from_slice(&src[from..from + positions]);
         }
-    });
+    }
     out
 }
 
@@ -340,6 +374,40 @@ mod tests {
         assert!(
             !Kernels::<Flex>::new(&device, 1, crate::backend::FastPaths::NONE).im2col_applies(&conv3, [1, 3, 28, 28])
         );
+    }
+
+    #[test]
+    fn appended_columns_equal_the_parallel_ones() {
+        // kernels 1, 3, 7; strides 1, 2; padding 0, 1, 3; dilation 2; sizes where a kernel
+        // offset reaches no output row or column at all (7x7 on 2 px)
+        for (kernel, stride, dilation, pad) in
+            [(1, 1, 1, 0), (1, 2, 1, 0), (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 2), (7, 2, 1, 3)]
+        {
+            for [height, width] in [[9, 9], [8, 11], [2, 3]] {
+                let size = |n: usize| (n + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
+                let g = ConvGeometry {
+                    batch: 3,
+                    channels: 5,
+                    input: [height, width],
+                    kernel: [kernel, kernel],
+                    stride: [stride, stride],
+                    padding: [pad, pad],
+                    dilation: [dilation, dilation],
+                    output: [size(height), size(width)],
+                };
+                let src: Vec<f32> = (0..g.batch * g.channels * height * width).map(|i| i as f32 + 1.0).collect();
+                let label = format!("k={kernel}, s={stride}, d={dilation}, p={pad}, {height}x{width}");
+                assert_eq!(im2col_appended(&src, &g), im2col_batched(&src, &g), "{label}");
+            }
+        }
+    }
+
+    #[test]
+    fn swapping_batch_and_channels_twice_is_the_identity() {
+        let src: Vec<f32> = (0..2 * 3 * 4).map(|i| i as f32).collect();
+        let swapped = swap_batch_and_channels(&src, 2, 3, 4);
+        assert_eq!(&swapped[..8], &[0.0, 1.0, 2.0, 3.0, 12.0, 13.0, 14.0, 15.0]);
+        assert_eq!(swap_batch_and_channels(&swapped, 3, 2, 4), src);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod autodiff;
 mod branches;
 mod devices;
+mod gemm;
 mod im2col;
 mod kernels;
 mod pool;

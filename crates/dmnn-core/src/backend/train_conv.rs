@@ -8,17 +8,20 @@
 //! matrix-multiply speed and mostly on one core (docs/decisions.md). Here the batch is cut into a
 //! few chunks, one task each. A chunk's im2col matrix `[C·k·k, n·H'·W']` (its images folded into
 //! the columns) is built on the host; in the backward pass the chunk's weight gradient (summed
-//! over the chunks) and column gradient are two matrix products with the backend's `matmul`
-//! (burn-flex: the `gemm` crate), and the input gradient a host col2im of the chunk's own images.
+//! over the chunks) and column gradient are two matrix products ([`super::gemm::matmul`]: the
+//! `gemm` crate, called as burn-flex calls it, on host buffers), and the input gradient a host
+//! col2im of the chunk's own images.
 //!
 //! The forward pass depends on the size of the im2col matrix. Up to [`KEPT_COLUMNS_MAX`] values
 //! (the CPU networks' convolutions) it is one more product per chunk, and the matrices are kept
-//! for the backward pass; above (ImageNet-sized activations, where keeping them would cost
-//! `k·k` times the activation memory) the forward pass is the backend's own convolution, which
-//! runs as fast there, and the backward pass rebuilds each chunk's matrix from the saved input.
-//! Every FLOP of the backward pass is a matrix product; the chunks keep both cores busy where a
-//! small product alone would not, and each chunk's matrices in cache. The operation is generic
-//! over the inner backend; it is worth it where tensors live in host memory.
+//! on the host for the backward pass; above (ImageNet-sized activations, where keeping them
+//! would cost `k·k` times the activation memory) the forward pass is the backend's own
+//! convolution, which runs as fast there, and the backward pass rebuilds each chunk's matrix
+//! from the saved input. Every FLOP of the backward pass is a matrix product; the chunks keep
+//! both cores busy where a small product alone would not, and each chunk's matrices in cache.
+//! Every buffer of a chunk is written once, not zeroed first, and read in place where the
+//! backend hands its tensor over. The operation is generic over the inner backend; it is worth
+//! it where tensors live in host memory.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::NoCheckpointing;
@@ -32,8 +35,9 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
-use super::autodiff::{device, host};
-use super::im2col::{col2im_batched, im2col_batched, swap_batch_and_channels, ConvGeometry};
+use super::autodiff::{device, host, HostValues};
+use super::gemm::{matmul, Matrix};
+use super::im2col::{col2im_batched, im2col_appended, swap_batch_and_channels, ConvGeometry};
 
 /// Largest im2col matrix (values, whole batch) that the forward pass builds and keeps for the
 /// backward pass: 8 Mi values, 32 MiB. Larger convolutions run forward as the backend's own and
@@ -50,16 +54,26 @@ pub(crate) fn train_conv_geometry<B: Backend>(conv: &Conv2d<B>, input_dims: [usi
 /// A chunk of the batch: `(first image, images)`.
 type Chunk = (usize, usize);
 
-/// A chunk's gradients: of the weight (summed over the chunks later) and of its images.
-type ChunkGrads<I> = (Option<Tensor<I, 2>>, Option<Vec<f32>>);
+/// A chunk's gradients: of the weight `[O, K]` (summed over the chunks later) and of its images.
+type ChunkGrads = (Option<Vec<f32>>, Option<Vec<f32>>);
 
 /// A chunk's forward pass: its im2col matrix and its output, NCHW.
-type ChunkForward<I> = ((Chunk, Tensor<I, 2>), Vec<f32>);
+type ChunkForward = ((Chunk, Vec<f32>), Vec<f32>);
 
 /// The batch's chunks: two per thread, as even as they go.
 fn chunks(batch: usize) -> Vec<Chunk> {
     let count = (2 * rayon::current_num_threads()).clamp(1, batch.max(1));
     (0..count).map(|i| (i * batch / count, (i + 1) * batch / count - i * batch / count)).filter(|c| c.1 > 0).collect()
+}
+
+/// The chunks' values one after the other (the first chunk's buffer, extended).
+fn concat(parts: Vec<Vec<f32>>) -> Vec<f32> {
+    let total: usize = parts.iter().map(Vec::len).sum();
+    let mut parts = parts.into_iter();
+    let mut all = parts.next().unwrap_or_default();
+    all.reserve_exact(total - all.len());
+    parts.for_each(|part| all.extend_from_slice(&part));
+    all
 }
 
 /// The geometry of a chunk of `images` of the batch.
@@ -68,16 +82,14 @@ fn chunk_geometry(g: &ConvGeometry, images: usize) -> ConvGeometry {
 }
 
 /// The im2col matrix `[rows, images · positions]` of `chunk` of the NCHW batch `x`.
-fn columns_of<I: Backend>(x: &[f32], g: &ConvGeometry, (first, images): Chunk, dev: &I::Device) -> Tensor<I, 2> {
+fn columns_of(x: &[f32], g: &ConvGeometry, (first, images): Chunk) -> Vec<f32> {
     let image = g.channels * g.input[0] * g.input[1];
     let x = &x[first * image..(first + images) * image];
-    let cg = chunk_geometry(g, images);
-    let values = if g.is_pointwise() {
+    if g.is_pointwise() {
         swap_batch_and_channels(x, images, g.channels, g.positions())
     } else {
-        im2col_batched(x, &cg)
-    };
-    device::<I, 2>(values, [g.rows(), images * g.positions()], dev)
+        im2col_appended(x, &chunk_geometry(g, images))
+    }
 }
 
 #[derive(Debug)]
@@ -87,7 +99,7 @@ struct MatmulConvBackward;
 #[derive(Debug, Clone)]
 enum Columns<I: Backend> {
     /// Kept by the forward pass, one per chunk.
-    Kept(Vec<(Chunk, I::FloatTensorPrimitive)>),
+    Kept(Vec<(Chunk, Vec<f32>)>),
     /// Rebuilt from the input, chunk by chunk.
     Rebuilt(I::FloatTensorPrimitive),
 }
@@ -108,41 +120,45 @@ impl<I: Backend> Backward<I, 2> for MatmulConvBackward {
         let grad = Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(grads.consume::<I>(&ops.node)));
         let ConvState { columns, weight, geometry: g } = ops.state;
         let weight = Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(weight));
-        let [channels_out, ..] = weight.dims();
+        let weight_dims = weight.dims();
+        let channels_out = weight_dims[0];
         let dev = grad.device();
         let (positions, rows) = (g.positions(), g.rows());
         let [height, width] = g.input;
         let grad = host(grad); // [B, O, L]
-        let weight_t = weight.clone().reshape([channels_out, rows]).transpose(); // [K, O]
+        let weight = host(weight);
+        let weight_t = Matrix::row_major(&weight, channels_out, rows).t(); // [K, O]
         let (want_x, want_weight) = (node_x.is_some(), node_weight.is_some());
         // every chunk with its kept matrix, or none and the input to rebuild it from
-        let (chunk_columns, input): (Vec<_>, Option<Vec<f32>>) = match columns {
-            Columns::Kept(kept) => {
-                let kept = kept.into_iter().map(|(c, t)| (c, Some(Tensor::from_primitive(TensorPrimitive::Float(t)))));
-                (kept.collect(), None)
-            }
+        let (chunk_columns, input): (Vec<_>, Option<HostValues>) = match columns {
+            Columns::Kept(kept) => (kept.into_iter().map(|(c, cols)| (c, Some(cols))).collect(), None),
             Columns::Rebuilt(x) => {
                 let input = host(Tensor::<I, 4>::from_primitive(TensorPrimitive::Float(x)));
                 (chunks(g.batch).into_iter().map(|c| (c, None)).collect(), Some(input))
             }
         };
         // per chunk: (dL/dW of the chunk, dL/dx of the chunk's images)
-        let parts: Vec<ChunkGrads<I>> = chunk_columns
+        let parts: Vec<ChunkGrads> = chunk_columns
             .into_par_iter()
             .map(|(chunk, kept)| {
                 let (first, images) = chunk;
                 let plane = channels_out * positions;
-                let chunk_grad = &grad[first * plane..(first + images) * plane];
+                let columns = images * positions;
                 // the chunk's output gradient with its images folded into the columns: [O, n·L]
-                let chunk_grad = swap_batch_and_channels(chunk_grad, images, channels_out, positions);
-                let chunk_grad = device::<I, 2>(chunk_grad, [channels_out, images * positions], &dev);
+                let chunk_grad = swap_batch_and_channels(
+                    &grad[first * plane..(first + images) * plane],
+                    images,
+                    channels_out,
+                    positions,
+                );
+                let chunk_grad = Matrix::row_major(&chunk_grad, channels_out, columns);
                 let grad_weight = want_weight.then(|| {
-                    let cols =
-                        kept.unwrap_or_else(|| columns_of::<I>(input.as_deref().expect("the input"), &g, chunk, &dev));
-                    chunk_grad.clone().matmul(cols.transpose()) // [O, K]
+                    let cols = kept.unwrap_or_else(|| columns_of(input.as_deref().expect("the input"), &g, chunk));
+                    matmul(chunk_grad, Matrix::row_major(&cols, rows, columns).t())
+                    // [O, K]
                 });
                 let grad_x = want_x.then(|| {
-                    let grad_cols = host(weight_t.clone().matmul(chunk_grad)); // [K, n·L]
+                    let grad_cols = matmul(weight_t, chunk_grad); // [K, n·L]
                     let cg = chunk_geometry(&g, images);
                     if cg.is_pointwise() {
                         swap_batch_and_channels(&grad_cols, cg.channels, images, positions)
@@ -155,11 +171,19 @@ impl<I: Backend> Backward<I, 2> for MatmulConvBackward {
             .collect();
         let (grad_weights, grad_xs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
         if let Some(node) = node_weight {
-            let grad_weight = grad_weights.into_iter().flatten().reduce(|a, b| a + b).expect("a chunk");
-            grads.register::<I>(node.id, grad_weight.reshape(weight.dims()).into_primitive().tensor());
+            // the chunks' sums in chunk order, as `a + b` of tensors would add them
+            let grad_weight = grad_weights
+                .into_iter()
+                .flatten()
+                .reduce(|mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                })
+                .expect("a chunk");
+            grads.register::<I>(node.id, device::<I, 4>(grad_weight, weight_dims, &dev).into_primitive().tensor());
         }
         if let Some(node) = node_x {
-            let grad_x: Vec<f32> = grad_xs.into_iter().flatten().flatten().collect();
+            let grad_x = concat(grad_xs.into_iter().flatten().collect());
             let grad_x = device::<I, 4>(grad_x, [g.batch, g.channels, height, width], &dev);
             grads.register::<I>(node.id, grad_x.into_primitive().tensor());
         }
@@ -199,20 +223,20 @@ fn matmul_conv2d_with<I: Backend>(
     let positions = g.positions();
     let (output, columns) = if keep_columns {
         let input = host(inner_x);
-        let weight_matrix = inner_weight.clone().reshape([channels_out, g.rows()]);
+        let input = &*input;
+        let weight_values = host(inner_weight.clone());
+        let weight_matrix = Matrix::row_major(&weight_values, channels_out, g.rows());
         // per chunk: its im2col matrix and its output, NCHW
-        let parts: Vec<ChunkForward<I>> = chunks(g.batch)
+        let parts: Vec<ChunkForward> = chunks(g.batch)
             .into_par_iter()
             .map(|chunk| {
-                let cols = columns_of::<I>(&input, &g, chunk, &dev);
-                let out = host(weight_matrix.clone().matmul(cols.clone())); // [O, n·L]
+                let cols = columns_of(input, &g, chunk);
+                let out = matmul(weight_matrix, Matrix::row_major(&cols, g.rows(), chunk.1 * positions)); // [O, n·L]
                 ((chunk, cols), swap_batch_and_channels(&out, channels_out, chunk.1, positions))
             })
             .collect();
         let (kept, outputs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
-        let output: Vec<f32> = outputs.into_iter().flatten().collect();
-        let output = device::<I, 4>(output, [g.batch, channels_out, out_h, out_w], &dev);
-        let kept = kept.into_iter().map(|(chunk, cols)| (chunk, cols.into_primitive().tensor())).collect();
+        let output = device::<I, 4>(concat(outputs), [g.batch, channels_out, out_h, out_w], &dev);
         (output, Columns::Kept(kept))
     } else {
         let options = ConvOptions::new(g.stride, g.padding, g.dilation, 1);

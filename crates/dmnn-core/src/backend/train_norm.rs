@@ -173,7 +173,7 @@ pub(crate) fn host_batch_norm<I: Backend>(
                 input: inner_x.into_primitive().tensor(),
                 mean: mean.clone(),
                 inv_std,
-                gamma: gamma_values,
+                gamma: gamma_values.to_vec(),
                 dims,
             };
             prep.finish(state, output)

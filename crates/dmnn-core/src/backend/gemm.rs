@@ -1,0 +1,147 @@
+//! Matrix products of host values with the `gemm` crate, the call burn-flex's `matmul` makes.
+//!
+//! The training convolution ([`super::train_conv`]) keeps its im2col matrices and gradients on
+//! the host. Handing each product to the backend's `matmul` costs, per product, the operands'
+//! conversion into tensors and, on burn-flex, an output buffer that is zeroed and then copied
+//! into an aligned allocation before `gemm` overwrites it (docs/decisions.md, "Training
+//! convolutions on host buffers"). [`matmul`] makes the same `gemm::gemm` call as burn-flex 0.21
+//! (same sizes, strides, scaling and parallelism), so the products are the same bit for bit.
+
+use gemm::Parallelism;
+
+/// A read-only matrix of host values: `rows × cols` with the given strides between rows and
+/// between columns (a transposed view swaps them).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Matrix<'a> {
+    values: &'a [f32],
+    rows: usize,
+    cols: usize,
+    row_stride: usize,
+    col_stride: usize,
+}
+
+impl<'a> Matrix<'a> {
+    /// `values` as a row-major `rows × cols` matrix.
+    ///
+    /// # Panics
+    /// If `values` does not hold exactly `rows · cols` values.
+    pub fn row_major(values: &'a [f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(values.len(), rows * cols, "a {rows}x{cols} matrix of {} values", values.len());
+        Self { values, rows, cols, row_stride: cols, col_stride: 1 }
+    }
+
+    /// The transposed matrix, a view of the same values.
+    pub fn t(self) -> Self {
+        Self { rows: self.cols, cols: self.rows, row_stride: self.col_stride, col_stride: self.row_stride, ..self }
+    }
+}
+
+/// Products of fewer multiply-adds than this run on the calling thread: burn-flex 0.21's
+/// threshold, so that `gemm` splits a product exactly where burn-flex's `matmul` would.
+const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
+
+/// `lhs · rhs` as a row-major `lhs.rows × rhs.cols` matrix; the values burn-flex's `matmul` gives
+/// for the same operands with the same strides.
+///
+/// # Panics
+/// If the inner sizes differ.
+#[allow(unsafe_code)] // the one `gemm::gemm` call (docs/decisions.md, "Training convolutions on host buffers")
+pub(crate) fn matmul(lhs: Matrix, rhs: Matrix) -> Vec<f32> {
+    assert_eq!(lhs.cols, rhs.rows, "matmul of {}x{} by {}x{}", lhs.rows, lhs.cols, rhs.rows, rhs.cols);
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    let mut out = Vec::new();
+    if m == 0 || n == 0 {
+        return out;
+    }
+    if k == 0 {
+        out.resize(m * n, 0.0);
+        return out;
+    }
+    let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
+        Parallelism::Rayon(0)
+    } else {
+        Parallelism::None
+    };
+    out.reserve_exact(m * n);
+    // SAFETY: `row_major` sized each operand's values, and `t` only swaps sizes with strides, so
+    // every element `(i, j)` of an operand, at `i · row_stride + j · col_stride`, lies inside its
+    // slice. `out` has room for the `m · n` row-major results; with `read_dst` false `gemm`
+    // writes every one of them without reading the destination (k > 0 here), after which they
+    // are initialised and `set_len` exposes them.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            lhs.values.as_ptr(),
+            lhs.col_stride as isize,
+            lhs.row_stride as isize,
+            rhs.values.as_ptr(),
+            rhs.col_stride as isize,
+            rhs.row_stride as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+        out.set_len(m * n);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::{Distribution, Tensor};
+
+    fn values(t: Tensor<Flex, 2>) -> Vec<f32> {
+        t.into_data().to_vec::<f32>().unwrap()
+    }
+
+    #[test]
+    fn equals_flex_matmul_bit_for_bit() {
+        let device = Default::default();
+        // small and above the parallel threshold; sizes that are not multiples of the kernels' tiles
+        for [m, k, n] in [[3, 5, 7], [16, 144, 6272], [64, 576, 1024], [37, 1, 9], [200, 300, 150]] {
+            let a = Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device);
+            let b = Tensor::<Flex, 2>::random([k, n], Distribution::Normal(0.0, 1.0), &device);
+            let bt = Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &device);
+            let at = Tensor::<Flex, 2>::random([k, m], Distribution::Normal(0.0, 1.0), &device);
+            let (va, vb, vbt, vat) = (values(a.clone()), values(b.clone()), values(bt.clone()), values(at.clone()));
+            let label = format!("{m}x{k} by {k}x{n}");
+            let expected = values(a.clone().matmul(b.clone()));
+            assert_eq!(matmul(Matrix::row_major(&va, m, k), Matrix::row_major(&vb, k, n)), expected, "{label}");
+            // transposed operands, as the convolution's backward pass takes them
+            let expected = values(a.matmul(bt.transpose()));
+            assert_eq!(
+                matmul(Matrix::row_major(&va, m, k), Matrix::row_major(&vbt, n, k).t()),
+                expected,
+                "{label}, rhs^T"
+            );
+            let expected = values(at.transpose().matmul(b));
+            assert_eq!(
+                matmul(Matrix::row_major(&vat, k, m).t(), Matrix::row_major(&vb, k, n)),
+                expected,
+                "{label}, lhs^T"
+            );
+        }
+    }
+
+    #[test]
+    fn empty_inner_size_gives_zeros() {
+        assert_eq!(matmul(Matrix::row_major(&[], 2, 0), Matrix::row_major(&[], 0, 3)), vec![0.0; 6]);
+    }
+
+    #[test]
+    #[should_panic = "matmul of 2x3 by 2x2"]
+    fn mismatched_sizes_panic() {
+        let _ = matmul(Matrix::row_major(&[0.0; 6], 2, 3), Matrix::row_major(&[0.0; 4], 2, 2));
+    }
+}
