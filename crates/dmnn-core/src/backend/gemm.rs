@@ -40,13 +40,30 @@ impl<'a> Matrix<'a> {
 /// threshold, so that `gemm` splits a product exactly where burn-flex's `matmul` would.
 const PARALLEL_THRESHOLD: usize = 192 * 192 * 192;
 
-/// `lhs · rhs` as a row-major `lhs.rows × rhs.cols` matrix; the values burn-flex's `matmul` gives
-/// for the same operands with the same strides.
+/// Where a product's values go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// Row after row: the product itself, row-major.
+    RowMajor,
+    /// Column after column: the product's transpose, row-major.
+    ColumnMajor,
+}
+
+/// `lhs · rhs`, a `lhs.rows × rhs.cols` matrix, in `layout`.
+///
+/// Row-major it is burn-flex's `matmul` for the same operands with the same strides. `gemm`
+/// computes a row-major product as its transpose (`rhsᵀ · lhsᵀ`, its kernels favour columns),
+/// and packs that product's left operand unless its rows are contiguous; a product written
+/// column-major is computed as it stands. Either way every value sums its `k` products in the
+/// same order, in blocks of a size that depends on `k` and the kernel's tile only, so the two
+/// layouts hold the same values bit for bit. The weight gradient `dY · colsᵀ` of the training
+/// convolution is written column-major: row-major, `gemm` packed the whole im2col matrix
+/// (docs/decisions.md, "Training convolutions on host buffers").
 ///
 /// # Panics
 /// If the inner sizes differ.
 #[allow(unsafe_code)] // the one `gemm::gemm` call (docs/decisions.md, "Training convolutions on host buffers")
-pub(crate) fn matmul(lhs: Matrix, rhs: Matrix) -> Vec<f32> {
+pub(crate) fn matmul(lhs: Matrix, rhs: Matrix, layout: Layout) -> Vec<f32> {
     assert_eq!(lhs.cols, rhs.rows, "matmul of {}x{} by {}x{}", lhs.rows, lhs.cols, rhs.rows, rhs.cols);
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     let mut out = Vec::new();
@@ -62,20 +79,24 @@ pub(crate) fn matmul(lhs: Matrix, rhs: Matrix) -> Vec<f32> {
     } else {
         Parallelism::None
     };
+    let (row_stride, column_stride) = match layout {
+        Layout::RowMajor => (n as isize, 1),
+        Layout::ColumnMajor => (1, m as isize),
+    };
     out.reserve_exact(m * n);
     // SAFETY: `row_major` sized each operand's values, and `t` only swaps sizes with strides, so
     // every element `(i, j)` of an operand, at `i · row_stride + j · col_stride`, lies inside its
-    // slice. `out` has room for the `m · n` row-major results; with `read_dst` false `gemm`
-    // writes every one of them without reading the destination (k > 0 here), after which they
-    // are initialised and `set_len` exposes them.
+    // slice. `out` has room for the `m · n` results, and either layout's strides address each of
+    // them once; with `read_dst` false `gemm` writes every one without reading the destination
+    // (k > 0 here), after which they are initialised and `set_len` exposes them.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
             out.as_mut_ptr(),
-            1,
-            n as isize,
+            column_stride,
+            row_stride,
             false,
             lhs.values.as_ptr(),
             lhs.col_stride as isize,
@@ -117,17 +138,21 @@ mod tests {
             let (va, vb, vbt, vat) = (values(a.clone()), values(b.clone()), values(bt.clone()), values(at.clone()));
             let label = format!("{m}x{k} by {k}x{n}");
             let expected = values(a.clone().matmul(b.clone()));
-            assert_eq!(matmul(Matrix::row_major(&va, m, k), Matrix::row_major(&vb, k, n)), expected, "{label}");
+            assert_eq!(
+                matmul(Matrix::row_major(&va, m, k), Matrix::row_major(&vb, k, n), Layout::RowMajor),
+                expected,
+                "{label}"
+            );
             // transposed operands, as the convolution's backward pass takes them
             let expected = values(a.matmul(bt.transpose()));
             assert_eq!(
-                matmul(Matrix::row_major(&va, m, k), Matrix::row_major(&vbt, n, k).t()),
+                matmul(Matrix::row_major(&va, m, k), Matrix::row_major(&vbt, n, k).t(), Layout::RowMajor),
                 expected,
                 "{label}, rhs^T"
             );
             let expected = values(at.transpose().matmul(b));
             assert_eq!(
-                matmul(Matrix::row_major(&vat, k, m).t(), Matrix::row_major(&vb, k, n)),
+                matmul(Matrix::row_major(&vat, k, m).t(), Matrix::row_major(&vb, k, n), Layout::RowMajor),
                 expected,
                 "{label}, lhs^T"
             );
@@ -135,13 +160,30 @@ mod tests {
     }
 
     #[test]
+    fn column_major_is_the_transposed_product_bit_for_bit() {
+        let device = Default::default();
+        // the weight gradients of the main job's convolutions (O, K, n·L: the 3x3/2 stem, a 3x3 of
+        // each stage), and sizes that are not multiples of the kernels' tiles
+        for [m, k, n] in [[16, 6272, 9], [16, 6272, 144], [32, 1568, 288], [64, 512, 576], [7, 301, 13], [3, 5, 2]] {
+            let a = values(Tensor::<Flex, 2>::random([m, k], Distribution::Normal(0.0, 1.0), &device));
+            let bt = values(Tensor::<Flex, 2>::random([n, k], Distribution::Normal(0.0, 1.0), &device));
+            let (lhs, rhs) = (Matrix::row_major(&a, m, k), Matrix::row_major(&bt, n, k).t());
+            let row_major = matmul(lhs, rhs, Layout::RowMajor);
+            let column_major = matmul(lhs, rhs, Layout::ColumnMajor);
+            let transposed: Vec<f32> = (0..m * n).map(|i| column_major[(i % n) * m + i / n]).collect();
+            assert_eq!(transposed, row_major, "{m}x{k} by {k}x{n}");
+        }
+    }
+
+    #[test]
     fn empty_inner_size_gives_zeros() {
-        assert_eq!(matmul(Matrix::row_major(&[], 2, 0), Matrix::row_major(&[], 0, 3)), vec![0.0; 6]);
+        let (lhs, rhs) = (Matrix::row_major(&[], 2, 0), Matrix::row_major(&[], 0, 3));
+        assert_eq!(matmul(lhs, rhs, Layout::RowMajor), vec![0.0; 6]);
     }
 
     #[test]
     #[should_panic = "matmul of 2x3 by 2x2"]
     fn mismatched_sizes_panic() {
-        let _ = matmul(Matrix::row_major(&[0.0; 6], 2, 3), Matrix::row_major(&[0.0; 4], 2, 2));
+        let _ = matmul(Matrix::row_major(&[0.0; 6], 2, 3), Matrix::row_major(&[0.0; 4], 2, 2), Layout::RowMajor);
     }
 }

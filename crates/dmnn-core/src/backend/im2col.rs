@@ -171,16 +171,15 @@ fn add_row(line: &mut [f32], src_row: &[f32], ows: std::ops::Range<usize>, strid
 
 /// The im2col matrix of a whole batch with the batch folded into the columns,
 /// `[channels · kernel_h · kernel_w, batch · out_h · out_w]` (column `b · positions + p` is
-/// position `p` of image `b`), from its NCHW values `src`; rows filled in parallel. One matrix
-/// product then convolves the whole batch.
+/// position `p` of image `b`), from its NCHW values `src`; rows filled in parallel where the
+/// pool has more than one thread. One matrix product then convolves the whole batch.
 pub(crate) fn im2col_batched(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [height, width] = g.input;
     let out_w = g.output[1];
     let positions = g.positions();
     let row_len = g.batch * positions;
     let mut columns = vec![0f32; g.rows() * row_len];
-    let rows_per_task = (ELEMENTS_PER_TASK / row_len.max(1)).max(1);
-    columns.par_chunks_mut(row_len).enumerate().with_min_len(rows_per_task).for_each(|(row, dst)| {
+    let fill = |(row, dst): (usize, &mut [f32])| {
         let (_, c, kh, kw) = g.row(row);
         let (offset_h, ohs) = g.valid(0, kh);
         let (offset_w, ows) = g.valid(1, kw);
@@ -193,48 +192,20 @@ pub(crate) fn im2col_batched(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
                 copy_row(&mut image[oh * out_w..(oh + 1) * out_w], line, ows.clone(), g.stride[1], offset_w);
             }
         }
-    });
-    columns
-}
-
-/// [`im2col_batched`] on the calling thread, each value written once (no zeroed buffer first):
-/// for a training chunk, which is a task of its own.
-pub(crate) fn im2col_appended(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
-    let [height, width] = g.input;
-    let [out_h, out_w] = g.output;
-    let stride_w = g.stride[1];
-    let mut columns = Vec::with_capacity(g.rows() * g.batch * g.positions());
-    let zeros = |columns: &mut Vec<f32>, count: usize| columns.resize(columns.len() + count, 0.0);
-    for row in 0..g.rows() {
-        let (_, c, kh, kw) = g.row(row);
-        let (offset_h, ohs) = g.valid(0, kh);
-        let (offset_w, ows) = g.valid(1, kw);
-        for b in 0..g.batch {
-            let plane = &src[(b * g.channels + c) * height * width..(b * g.channels + c + 1) * height * width];
-            zeros(&mut columns, ohs.start * out_w);
-            for oh in ohs.clone() {
-                let ih = ((oh * g.stride[0]) as isize + offset_h) as usize;
-                let line = &plane[ih * width..(ih + 1) * width];
-                zeros(&mut columns, ows.start);
-                if !ows.is_empty() {
-                    let first = ((ows.start * stride_w) as isize + offset_w) as usize;
-                    if stride_w == 1 {
-                        columns.extend_from_slice(&line[first..first + ows.len()]);
-                    } else {
-                        columns.extend(line[first..].iter().step_by(stride_w).take(ows.len()));
-                    }
-                }
-                zeros(&mut columns, out_w - ows.end);
-            }
-            zeros(&mut columns, (out_h - ohs.end) * out_w);
-        }
+    };
+    if rayon::current_num_threads() == 1 {
+        columns.chunks_mut(row_len).enumerate().for_each(fill);
+    } else {
+        let rows_per_task = (ELEMENTS_PER_TASK / row_len.max(1)).max(1);
+        columns.par_chunks_mut(row_len).enumerate().with_min_len(rows_per_task).for_each(fill);
     }
     columns
 }
 
 /// The adjoint of [`im2col_batched`]: sums every entry of a `[rows, batch · positions]` matrix
 /// back onto the input position it was taken from, giving `[batch, channels, height, width]`;
-/// planes filled in parallel.
+/// planes filled in parallel where the pool has more than one thread. Each input value sums its
+/// entries in row order, starting from zero.
 pub(crate) fn col2im_batched(columns: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [height, width] = g.input;
     let out_w = g.output[1];
@@ -242,24 +213,30 @@ pub(crate) fn col2im_batched(columns: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let positions = g.positions();
     let row_len = g.batch * positions;
     let plane_size = height * width;
-    let mut out = vec![0f32; g.batch * g.channels * plane_size];
-    let planes_per_task = (ELEMENTS_PER_TASK / (plane_size * kernel_h * kernel_w).max(1)).max(1);
-    out.par_chunks_mut(plane_size).enumerate().with_min_len(planes_per_task).for_each(|(plane_index, plane)| {
+    // each kernel offset's input offset and the output rows / columns that reach the input
+    let along_h: Vec<_> = (0..kernel_h).map(|kh| g.valid(0, kh)).collect();
+    let along_w: Vec<_> = (0..kernel_w).map(|kw| g.valid(1, kw)).collect();
+    let fill = |(plane_index, plane): (usize, &mut [f32])| {
         let (b, c) = (plane_index / g.channels, plane_index % g.channels);
-        for kh in 0..kernel_h {
-            let (offset_h, ohs) = g.valid(0, kh);
-            for kw in 0..kernel_w {
-                let (offset_w, ows) = g.valid(1, kw);
+        for (kh, (offset_h, ohs)) in along_h.iter().enumerate() {
+            for (kw, (offset_w, ows)) in along_w.iter().enumerate() {
                 let row = (c * kernel_h + kh) * kernel_w + kw;
                 let src = &columns[row * row_len + b * positions..row * row_len + (b + 1) * positions];
                 for oh in ohs.clone() {
                     let ih = ((oh * g.stride[0]) as isize + offset_h) as usize;
                     let line = &mut plane[ih * width..(ih + 1) * width];
-                    add_row(line, &src[oh * out_w..(oh + 1) * out_w], ows.clone(), g.stride[1], offset_w);
+                    add_row(line, &src[oh * out_w..(oh + 1) * out_w], ows.clone(), g.stride[1], *offset_w);
                 }
             }
         }
-    });
+    };
+    let mut out = vec![0f32; g.batch * g.channels * plane_size];
+    if rayon::current_num_threads() == 1 {
+        out.chunks_mut(plane_size).enumerate().for_each(fill);
+    } else {
+        let planes_per_task = (ELEMENTS_PER_TASK / (plane_size * kernel_h * kernel_w).max(1)).max(1);
+        out.par_chunks_mut(plane_size).enumerate().with_min_len(planes_per_task).for_each(fill);
+    }
     out
 }
 
@@ -374,32 +351,6 @@ mod tests {
         assert!(
             !Kernels::<Flex>::new(&device, 1, crate::backend::FastPaths::NONE).im2col_applies(&conv3, [1, 3, 28, 28])
         );
-    }
-
-    #[test]
-    fn appended_columns_equal_the_parallel_ones() {
-        // kernels 1, 3, 7; strides 1, 2; padding 0, 1, 3; dilation 2; sizes where a kernel
-        // offset reaches no output row or column at all (7x7 on 2 px)
-        for (kernel, stride, dilation, pad) in
-            [(1, 1, 1, 0), (1, 2, 1, 0), (3, 1, 1, 1), (3, 2, 1, 1), (3, 1, 2, 2), (7, 2, 1, 3)]
-        {
-            for [height, width] in [[9, 9], [8, 11], [2, 3]] {
-                let size = |n: usize| (n + 2 * pad - dilation * (kernel - 1) - 1) / stride + 1;
-                let g = ConvGeometry {
-                    batch: 3,
-                    channels: 5,
-                    input: [height, width],
-                    kernel: [kernel, kernel],
-                    stride: [stride, stride],
-                    padding: [pad, pad],
-                    dilation: [dilation, dilation],
-                    output: [size(height), size(width)],
-                };
-                let src: Vec<f32> = (0..g.batch * g.channels * height * width).map(|i| i as f32 + 1.0).collect();
-                let label = format!("k={kernel}, s={stride}, d={dilation}, p={pad}, {height}x{width}");
-                assert_eq!(im2col_appended(&src, &g), im2col_batched(&src, &g), "{label}");
-            }
-        }
     }
 
     #[test]

@@ -36,8 +36,8 @@ use burn::tensor::{DType, Tensor, TensorPrimitive};
 use rayon::prelude::*;
 
 use super::autodiff::{device, host, HostValues};
-use super::gemm::{matmul, Matrix};
-use super::im2col::{col2im_batched, im2col_appended, swap_batch_and_channels, ConvGeometry};
+use super::gemm::{matmul, Layout, Matrix};
+use super::im2col::{col2im_batched, im2col_batched, swap_batch_and_channels, ConvGeometry};
 
 /// Largest im2col matrix (values, whole batch) that the forward pass builds and keeps for the
 /// backward pass: 8 Mi values, 32 MiB. Larger convolutions run forward as the backend's own and
@@ -54,7 +54,8 @@ pub(crate) fn train_conv_geometry<B: Backend>(conv: &Conv2d<B>, input_dims: [usi
 /// A chunk of the batch: `(first image, images)`.
 type Chunk = (usize, usize);
 
-/// A chunk's gradients: of the weight `[O, K]` (summed over the chunks later) and of its images.
+/// A chunk's gradients: of the weight, transposed `[K, O]` (summed over the chunks later), and of
+/// its images.
 type ChunkGrads = (Option<Vec<f32>>, Option<Vec<f32>>);
 
 /// A chunk's forward pass: its im2col matrix and its output, NCHW.
@@ -88,7 +89,7 @@ fn columns_of(x: &[f32], g: &ConvGeometry, (first, images): Chunk) -> Vec<f32> {
     if g.is_pointwise() {
         swap_batch_and_channels(x, images, g.channels, g.positions())
     } else {
-        im2col_appended(x, &chunk_geometry(g, images))
+        im2col_batched(x, &chunk_geometry(g, images))
     }
 }
 
@@ -154,11 +155,12 @@ impl<I: Backend> Backward<I, 2> for MatmulConvBackward {
                 let chunk_grad = Matrix::row_major(&chunk_grad, channels_out, columns);
                 let grad_weight = want_weight.then(|| {
                     let cols = kept.unwrap_or_else(|| columns_of(input.as_deref().expect("the input"), &g, chunk));
-                    matmul(chunk_grad, Matrix::row_major(&cols, rows, columns).t())
+                    // [O, K] written column-major: [K, O], transposed once after the chunks' sum
+                    matmul(chunk_grad, Matrix::row_major(&cols, rows, columns).t(), Layout::ColumnMajor)
                     // [O, K]
                 });
                 let grad_x = want_x.then(|| {
-                    let grad_cols = matmul(weight_t, chunk_grad); // [K, n·L]
+                    let grad_cols = matmul(weight_t, chunk_grad, Layout::RowMajor); // [K, n·L]
                     let cg = chunk_geometry(&g, images);
                     if cg.is_pointwise() {
                         swap_batch_and_channels(&grad_cols, cg.channels, images, positions)
@@ -180,6 +182,7 @@ impl<I: Backend> Backward<I, 2> for MatmulConvBackward {
                     a
                 })
                 .expect("a chunk");
+            let grad_weight = swap_batch_and_channels(&grad_weight, rows, channels_out, 1); // [O, K]
             grads.register::<I>(node.id, device::<I, 4>(grad_weight, weight_dims, &dev).into_primitive().tensor());
         }
         if let Some(node) = node_x {
@@ -231,7 +234,8 @@ fn matmul_conv2d_with<I: Backend>(
             .into_par_iter()
             .map(|chunk| {
                 let cols = columns_of(input, &g, chunk);
-                let out = matmul(weight_matrix, Matrix::row_major(&cols, g.rows(), chunk.1 * positions)); // [O, n·L]
+                let out =
+                    matmul(weight_matrix, Matrix::row_major(&cols, g.rows(), chunk.1 * positions), Layout::RowMajor); // [O, n·L]
                 ((chunk, cols), swap_batch_and_channels(&out, channels_out, chunk.1, positions))
             })
             .collect();
