@@ -19,8 +19,8 @@
 //! convolution, which runs as fast there, and the backward pass rebuilds each chunk's matrix
 //! from the saved input. Every FLOP of the backward pass is a matrix product; the chunks keep
 //! both cores busy where a small product alone would not, and each chunk's matrices in cache.
-//! Every buffer of a chunk is written once, not zeroed first, and read in place where the
-//! backend hands its tensor over. The operation is generic over the inner backend; it is worth
+//! The matrices live in host buffers from the im2col to the col2im, and the backend's tensors
+//! are read in place where it hands them over. The operation is generic over the inner backend; it is worth
 //! it where tensors live in host memory.
 
 use burn::backend::autodiff::checkpoint::base::Checkpointer;
