@@ -171,15 +171,16 @@ fn add_row(line: &mut [f32], src_row: &[f32], ows: std::ops::Range<usize>, strid
 
 /// The im2col matrix of a whole batch with the batch folded into the columns,
 /// `[channels · kernel_h · kernel_w, batch · out_h · out_w]` (column `b · positions + p` is
-/// position `p` of image `b`), from its NCHW values `src`; rows filled in parallel where the
-/// pool has more than one thread. One matrix product then convolves the whole batch.
+/// position `p` of image `b`), from its NCHW values `src`; rows filled in parallel. One matrix
+/// product then convolves the whole batch.
 pub(crate) fn im2col_batched(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [height, width] = g.input;
     let out_w = g.output[1];
     let positions = g.positions();
     let row_len = g.batch * positions;
     let mut columns = vec![0f32; g.rows() * row_len];
-    let fill = |(row, dst): (usize, &mut [f32])| {
+    let rows_per_task = (ELEMENTS_PER_TASK / row_len.max(1)).max(1);
+    columns.par_chunks_mut(row_len).enumerate().with_min_len(rows_per_task).for_each(|(row, dst)| {
         let (_, c, kh, kw) = g.row(row);
         let (offset_h, ohs) = g.valid(0, kh);
         let (offset_w, ows) = g.valid(1, kw);
@@ -192,20 +193,13 @@ pub(crate) fn im2col_batched(src: &[f32], g: &ConvGeometry) -> Vec<f32> {
                 copy_row(&mut image[oh * out_w..(oh + 1) * out_w], line, ows.clone(), g.stride[1], offset_w);
             }
         }
-    };
-    if rayon::current_num_threads() == 1 {
-        columns.chunks_mut(row_len).enumerate().for_each(fill);
-    } else {
-        let rows_per_task = (ELEMENTS_PER_TASK / row_len.max(1)).max(1);
-        columns.par_chunks_mut(row_len).enumerate().with_min_len(rows_per_task).for_each(fill);
-    }
+    });
     columns
 }
 
 /// The adjoint of [`im2col_batched`]: sums every entry of a `[rows, batch · positions]` matrix
 /// back onto the input position it was taken from, giving `[batch, channels, height, width]`;
-/// planes filled in parallel where the pool has more than one thread. Each input value sums its
-/// entries in row order, starting from zero.
+/// planes filled in parallel.
 pub(crate) fn col2im_batched(columns: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let [height, width] = g.input;
     let out_w = g.output[1];
@@ -213,30 +207,24 @@ pub(crate) fn col2im_batched(columns: &[f32], g: &ConvGeometry) -> Vec<f32> {
     let positions = g.positions();
     let row_len = g.batch * positions;
     let plane_size = height * width;
-    // each kernel offset's input offset and the output rows / columns that reach the input
-    let along_h: Vec<_> = (0..kernel_h).map(|kh| g.valid(0, kh)).collect();
-    let along_w: Vec<_> = (0..kernel_w).map(|kw| g.valid(1, kw)).collect();
-    let fill = |(plane_index, plane): (usize, &mut [f32])| {
+    let mut out = vec![0f32; g.batch * g.channels * plane_size];
+    let planes_per_task = (ELEMENTS_PER_TASK / (plane_size * kernel_h * kernel_w).max(1)).max(1);
+    out.par_chunks_mut(plane_size).enumerate().with_min_len(planes_per_task).for_each(|(plane_index, plane)| {
         let (b, c) = (plane_index / g.channels, plane_index % g.channels);
-        for (kh, (offset_h, ohs)) in along_h.iter().enumerate() {
-            for (kw, (offset_w, ows)) in along_w.iter().enumerate() {
+        for kh in 0..kernel_h {
+            let (offset_h, ohs) = g.valid(0, kh);
+            for kw in 0..kernel_w {
+                let (offset_w, ows) = g.valid(1, kw);
                 let row = (c * kernel_h + kh) * kernel_w + kw;
                 let src = &columns[row * row_len + b * positions..row * row_len + (b + 1) * positions];
                 for oh in ohs.clone() {
                     let ih = ((oh * g.stride[0]) as isize + offset_h) as usize;
                     let line = &mut plane[ih * width..(ih + 1) * width];
-                    add_row(line, &src[oh * out_w..(oh + 1) * out_w], ows.clone(), g.stride[1], *offset_w);
+                    add_row(line, &src[oh * out_w..(oh + 1) * out_w], ows.clone(), g.stride[1], offset_w);
                 }
             }
         }
-    };
-    let mut out = vec![0f32; g.batch * g.channels * plane_size];
-    if rayon::current_num_threads() == 1 {
-        out.chunks_mut(plane_size).enumerate().for_each(fill);
-    } else {
-        let planes_per_task = (ELEMENTS_PER_TASK / (plane_size * kernel_h * kernel_w).max(1)).max(1);
-        out.par_chunks_mut(plane_size).enumerate().with_min_len(planes_per_task).for_each(fill);
-    }
+    });
     out
 }
 

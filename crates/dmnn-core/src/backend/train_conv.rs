@@ -157,7 +157,6 @@ impl<I: Backend> Backward<I, 2> for MatmulConvBackward {
                     let cols = kept.unwrap_or_else(|| columns_of(input.as_deref().expect("the input"), &g, chunk));
                     // [O, K] written column-major: [K, O], transposed once after the chunks' sum
                     matmul(chunk_grad, Matrix::row_major(&cols, rows, columns).t(), Layout::ColumnMajor)
-                    // [O, K]
                 });
                 let grad_x = want_x.then(|| {
                     let grad_cols = matmul(weight_t, chunk_grad, Layout::RowMajor); // [K, n·L]
