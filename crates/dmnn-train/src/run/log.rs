@@ -2,7 +2,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -13,39 +13,86 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// # Errors
 /// Any I/O error of the write, the sync or the rename; a size on disk other than the bytes'.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!(
-        "{}.tmp",
-        path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
-    ));
-    fault::crash_point("writing", path);
-    let written = (|| {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.flush()?;
-        f.sync_all()?;
-        let size = f.metadata()?.len();
-        if size != bytes.len() as u64 {
-            return Err(std::io::Error::other(format!("{size} bytes on disk, {} written", bytes.len())));
+    let mut files = AtomicFiles::default();
+    files.stage(path, bytes)?;
+    files.commit().map_err(|(_, e)| e)
+}
+
+/// Files that belong together (a record and its checksum), written atomically as a group: every
+/// file is written to its temporary name, synced and its size checked ([`stage`](Self::stage))
+/// before any is renamed ([`commit`](Self::commit)). A write that fails (a full disk, on any of
+/// them) leaves none of them behind — no temporary file, every final name as it was — so a
+/// record is never found without the checksum written with it. Dropped uncommitted, the
+/// temporary files are removed.
+#[derive(Debug, Default)]
+pub struct AtomicFiles {
+    /// (temporary, final) names of the files written, not yet renamed.
+    staged: Vec<(PathBuf, PathBuf)>,
+}
+
+impl AtomicFiles {
+    /// Writes `bytes` to `path`'s temporary name (`<path>.tmp`), synced, its size checked.
+    ///
+    /// # Errors
+    /// Any I/O error of the write or the sync; a size on disk other than the bytes'. The
+    /// temporary file is removed (the ones staged before are removed when `self` is dropped).
+    pub fn stage(&mut self, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+        let tmp = path.with_extension(format!(
+            "{}.tmp",
+            path.extension().map(|e| e.to_string_lossy().into_owned()).unwrap_or_default()
+        ));
+        fault::crash_point("writing", path);
+        let written = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.flush()?;
+            f.sync_all()?;
+            let size = f.metadata()?.len();
+            if size != bytes.len() as u64 {
+                return Err(std::io::Error::other(format!("{size} bytes on disk, {} written", bytes.len())));
+            }
+            Ok(())
+        })();
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+        fault::crash_point("written", path);
+        self.staged.push((tmp, path.to_path_buf()));
+        Ok(())
+    }
+
+    /// Renames every staged file to its final name, in the order staged.
+    ///
+    /// # Errors
+    /// The final name that could not be renamed to, and the error; the files not yet renamed
+    /// are removed.
+    pub fn commit(mut self) -> Result<(), (PathBuf, std::io::Error)> {
+        while !self.staged.is_empty() {
+            let (tmp, path) = self.staged.remove(0);
+            if let Err(e) = std::fs::rename(&tmp, &path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Err((path, e));
+            }
+            fault::crash_point("renamed", &path);
         }
         Ok(())
-    })();
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
     }
-    fault::crash_point("written", path);
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })?;
-    fault::crash_point("renamed", path);
-    Ok(())
+}
+
+impl Drop for AtomicFiles {
+    fn drop(&mut self) {
+        for (tmp, _) in &self.staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+    }
 }
 
 /// Fault injection for the crash-safety tests: `DMNN_FAULT=crash:STAGE:FILE` aborts the process
-/// (no destructor runs, nothing is flushed: as `kill -9` would) when [`write_atomic`] reaches
+/// (no destructor runs, nothing is flushed: as `kill -9` would) when [`AtomicFiles`] reaches
 /// `STAGE` for the file named `FILE` — `writing` (nothing written yet), `written` (the temporary
-/// file complete, not yet renamed), `renamed` (under its final name, its checksum not yet
-/// written); `DMNN_FAULT=stop-after-epoch:K` stops training after epoch K through the Learner's
+/// file complete, not yet renamed), `renamed` (under its final name; for a record, its checksum
+/// written but not yet renamed); `DMNN_FAULT=stop-after-epoch:K` stops training after epoch K through the Learner's
 /// interrupter, as the terminal UI's stop does. Unset, nothing happens.
 pub mod fault {
     use std::path::Path;

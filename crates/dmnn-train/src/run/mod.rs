@@ -139,7 +139,7 @@ impl RunDir {
     }
 
     /// The file of checkpoint `epoch` that was being written when the run stopped: it has no
-    /// checksum while another file of the checkpoint has one (the checksum is written last, and a
+    /// checksum while another file of the checkpoint has one (the checksum is renamed last, and a
     /// checkpoint of an older dmnn has none at all). `None` when every file has its checksum.
     pub fn unfinished_checkpoint_file(&self, epoch: usize) -> Option<PathBuf> {
         let paths = CHECKPOINT_RECORDS.map(|name| self.checkpoint(name, epoch).with_extension("mpk"));

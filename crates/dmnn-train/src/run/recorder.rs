@@ -11,15 +11,17 @@ use burn::record::{BurnRecord, FileRecorder, FullPrecisionSettings, Record, Reco
 use burn::tensor::backend::Backend;
 use serde::{de::DeserializeOwned, Serialize};
 
-use super::log::write_atomic;
+use super::log::AtomicFiles;
 
 /// Burn's named MessagePack recorder (the same bytes as `NamedMpkFileRecorder`), made atomic: the
 /// record is written to `<name>.mpk.tmp`, synced, its size checked and renamed to `<name>.mpk`,
 /// so a run killed mid-write never leaves a checkpoint that fails to load, and a write that
 /// fails (a full disk: "no space left on device: PATH") is an error, never an empty file under
-/// the final name. Then `<name>.mpk.sha256` is written the same way: the SHA-256 and size of the
-/// record's bytes, checked on every load, so a damaged file (a flipped bit) is an error naming it.
-/// Records without that file (written by dmnn before it had them) load unchecked.
+/// the final name. Beside it goes `<name>.mpk.sha256`: the SHA-256 and size of the record's
+/// bytes, checked on every load, so a damaged file (a flipped bit) is an error naming it. Both
+/// are written before either is renamed ([`AtomicFiles`]): a disk that fills on the checksum
+/// leaves neither, never a record without its checksum. Records without that file (written by
+/// dmnn before it had them) load unchecked.
 ///
 /// Records written before dmnn's module layout changed are migrated on load
 /// ([`migrate_record`]): they keep loading, bit for bit.
@@ -42,9 +44,11 @@ impl<B: Backend> Recorder<B> for AtomicRecorder {
         let path = file.with_extension("mpk");
         let bytes = rmp_serde::to_vec_named(&item).map_err(|e| RecorderError::Unknown(e.to_string()))?;
         let failed = |p: &Path, e: std::io::Error| RecorderError::Unknown(crate::error::io_message(p, &e));
-        write_atomic(&path, &bytes).map_err(|e| failed(&path, e))?;
         let sum = checksum_file(&path);
-        write_atomic(&sum, checksum_line(&bytes).as_bytes()).map_err(|e| failed(&sum, e))
+        let mut files = AtomicFiles::default();
+        files.stage(&path, &bytes).map_err(|e| failed(&path, e))?;
+        files.stage(&sum, checksum_line(&bytes).as_bytes()).map_err(|e| failed(&sum, e))?;
+        files.commit().map_err(|(p, e)| failed(&p, e))
     }
 
     /// Burn's `load` without its panic: turning the decoded item into tensors asserts on values
@@ -407,5 +411,45 @@ mod tests {
         assert!(text.contains(r#"{"Bottleneck": {"conv1": 1, "conv3": 1, "bn3": 1}}"#), "{text}");
         assert!(text.contains(r#""recurrent": {"Lstm": 1}"#) && !text.contains("gru"), "{text}");
         assert!(!migrate_record(&mut record), "a migrated record is left alone");
+    }
+
+    /// A disk with room for a record but not for its checksum: the save is an error naming the
+    /// checksum file, and neither file is left (no record that would load unchecked).
+    #[test]
+    fn a_disk_full_on_the_checksum_leaves_no_record() {
+        use burn::backend::Flex;
+        let dir = std::env::temp_dir().join(format!("dmnn-checksum-full-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // 64 KiB of tmpfs: 16 pages, which a record of 65,536 bytes fills
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+            .arg(&dir)
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !mounted {
+            eprintln!("skipped: cannot mount a tmpfs here");
+            let _ = std::fs::remove_dir(&dir);
+            return;
+        }
+        // a MessagePack str16: 3 bytes of header, then the characters
+        let fills = "a".repeat(65_536 - 3);
+        let fits = "a".repeat(1_000);
+        let saved = |item: &str, name: &str| Recorder::<Flex>::save_item(&AtomicRecorder, item, dir.join(name));
+        let full = saved(&fills, "full.mpk");
+        let fitted = saved(&fits, "small.mpk");
+        let left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let small = verify_file(&dir.join("small.mpk"));
+        let _ = std::process::Command::new("umount").arg(&dir).status();
+        let _ = std::fs::remove_dir(&dir);
+
+        let message = full.expect_err("a record and its checksum on a disk with room for the record only").to_string();
+        assert!(message.contains("no space left on device: "), "{message}");
+        assert!(message.contains("full.mpk.sha256"), "the checksum file is not named: {message}");
+        assert!(fitted.is_ok(), "{fitted:?}");
+        assert_eq!(small, Ok(true), "the record that fits is saved with its checksum");
+        let mut left = left;
+        left.sort();
+        assert_eq!(left, ["small.mpk", "small.mpk.sha256"], "only the record that fits and its checksum");
     }
 }
