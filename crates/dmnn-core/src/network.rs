@@ -9,7 +9,6 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d};
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use dmnn_gate::{global_avg_pool, param_count, Controller, ControllerState};
@@ -120,7 +119,7 @@ impl<B: Backend> Dmnn<B> {
     }
 
     fn forward_stem_with(&self, input: Tensor<B, 4>, k: &Kernels<B>) -> Tensor<B, 4> {
-        let x = relu(k.norm(&self.bn1, k.stem_conv(&self.conv1, input)));
+        let x = k.norm_relu(&self.bn1, k.stem_conv(&self.conv1, input));
         match &self.maxpool {
             Some(pool) => k.max_pool(pool, x),
             None => x,

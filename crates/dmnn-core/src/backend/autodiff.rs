@@ -112,6 +112,26 @@ impl core::ops::Deref for HostValues {
     }
 }
 
+impl core::ops::DerefMut for HostValues {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        match self {
+            Self::Data(data) => data.as_mut_slice::<f32>().expect("checked by `host`"),
+            Self::Copied(values) => values,
+        }
+    }
+}
+
+impl HostValues {
+    /// The values as a tensor of `shape` on `device`: the data handed back where it was read in
+    /// place (no copy on burn-flex).
+    pub(crate) fn into_tensor<I: Backend, const D: usize>(self, shape: [usize; D], device: &I::Device) -> Tensor<I, D> {
+        match self {
+            Self::Data(data) => Tensor::<I, D>::from_data(data, device).reshape(shape),
+            Self::Copied(values) => self::device(values, shape, device),
+        }
+    }
+}
+
 /// Host values as an inner tensor.
 pub(crate) fn device<I: Backend, const D: usize>(
     values: Vec<f32>,

@@ -62,41 +62,93 @@ pub(crate) enum Layout {
 ///
 /// # Panics
 /// If the inner sizes differ.
-#[allow(unsafe_code)] // the one `gemm::gemm` call (docs/decisions.md, "Training convolutions on host buffers")
+#[allow(unsafe_code)] // docs/decisions.md, "Training convolutions on host buffers"
 pub(crate) fn matmul(lhs: Matrix, rhs: Matrix, layout: Layout) -> Vec<f32> {
-    assert_eq!(lhs.cols, rhs.rows, "matmul of {}x{} by {}x{}", lhs.rows, lhs.cols, rhs.rows, rhs.cols);
-    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
-    let mut out = Vec::new();
+    let (m, n) = product_size(lhs, rhs);
+    let (row_stride, col_stride) = match layout {
+        Layout::RowMajor => (n, 1),
+        Layout::ColumnMajor => (1, m),
+    };
+    let mut out = Vec::with_capacity(m * n);
+    // SAFETY: `out` has room for the `m · n` results, and either layout's strides address each
+    // of them once inside it; `product` writes every one (its contract), after which
+    // they are initialised and `set_len` exposes them.
+    unsafe {
+        product(lhs, rhs, out.as_mut_ptr(), row_stride, col_stride);
+        out.set_len(m * n);
+    }
+    out
+}
+
+/// `lhs · rhs` written row-major into `out`, its rows `row_stride` values apart: row `i` of the
+/// product is `out[i · row_stride..][..rhs.cols]`, and the values between rows are left as they
+/// are. A tile of columns of a larger matrix (a convolution's output positions) is written in
+/// place this way. The values are [`matmul`]'s, bit for bit.
+///
+/// # Panics
+/// If the inner sizes differ, if `row_stride` is less than the product's columns, or if `out`
+/// does not reach the last value.
+#[allow(unsafe_code)] // docs/decisions.md, "Training convolutions on host buffers"
+pub(crate) fn matmul_into(lhs: Matrix, rhs: Matrix, out: &mut [f32], row_stride: usize) {
+    let (m, n) = product_size(lhs, rhs);
     if m == 0 || n == 0 {
-        return out;
+        return;
+    }
+    assert!(row_stride >= n, "rows of {n} values {row_stride} apart overlap");
+    let end = (m - 1) * row_stride + n;
+    assert!(out.len() >= end, "a {m}x{n} product {row_stride} values a row needs {end} values, not {}", out.len());
+    // SAFETY: the assertions above put every `(i, j)` at `i · row_stride + j < end <= out.len()`,
+    // each at its own place (`row_stride >= n`), inside `out`, which is borrowed mutably.
+    unsafe { product(lhs, rhs, out.as_mut_ptr(), row_stride, 1) }
+}
+
+/// The product's `(rows, columns)`.
+///
+/// # Panics
+/// If the inner sizes differ.
+fn product_size(lhs: Matrix, rhs: Matrix) -> (usize, usize) {
+    assert_eq!(lhs.cols, rhs.rows, "matmul of {}x{} by {}x{}", lhs.rows, lhs.cols, rhs.rows, rhs.cols);
+    (lhs.rows, rhs.cols)
+}
+
+/// `lhs · rhs` written at `dst`, value `(i, j)` at `i · row_stride + j · col_stride`: the one
+/// `gemm::gemm` call, with burn-flex 0.21's scaling and parallelism.
+///
+/// # Safety
+/// The inner sizes agree, and for every `(i, j)` of the product `dst + i · row_stride + j ·
+/// col_stride` is valid for writes and no other `(i, j)` lands there. With `read_dst` false
+/// `gemm` writes every value without reading the destination; an empty inner size writes zeros.
+#[allow(unsafe_code)]
+unsafe fn product(lhs: Matrix, rhs: Matrix, dst: *mut f32, row_stride: usize, col_stride: usize) {
+    let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
+    if m == 0 || n == 0 {
+        return;
     }
     if k == 0 {
-        out.resize(m * n, 0.0);
-        return out;
+        for i in 0..m {
+            for j in 0..n {
+                // SAFETY: the caller's contract
+                unsafe { dst.add(i * row_stride + j * col_stride).write(0.0) };
+            }
+        }
+        return;
     }
     let parallelism = if m.saturating_mul(n).saturating_mul(k) >= PARALLEL_THRESHOLD {
         Parallelism::Rayon(0)
     } else {
         Parallelism::None
     };
-    let (row_stride, column_stride) = match layout {
-        Layout::RowMajor => (n as isize, 1),
-        Layout::ColumnMajor => (1, m as isize),
-    };
-    out.reserve_exact(m * n);
     // SAFETY: `row_major` sized each operand's values, and `t` only swaps sizes with strides, so
     // every element `(i, j)` of an operand, at `i · row_stride + j · col_stride`, lies inside its
-    // slice. `out` has room for the `m · n` results, and either layout's strides address each of
-    // them once; with `read_dst` false `gemm` writes every one without reading the destination
-    // (k > 0 here), after which they are initialised and `set_len` exposes them.
+    // slice; the destination is the caller's contract.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            out.as_mut_ptr(),
-            column_stride,
-            row_stride,
+            dst,
+            col_stride as isize,
+            row_stride as isize,
             false,
             lhs.values.as_ptr(),
             lhs.col_stride as isize,
@@ -111,9 +163,7 @@ pub(crate) fn matmul(lhs: Matrix, rhs: Matrix, layout: Layout) -> Vec<f32> {
             false,
             parallelism,
         );
-        out.set_len(m * n);
     }
-    out
 }
 
 #[cfg(test)]

@@ -7,14 +7,17 @@ use burn::module::ParamId;
 use burn::nn::conv::Conv2d;
 use burn::nn::pool::MaxPool2d;
 use burn::nn::PaddingConfig2d;
+use burn::tensor::activation;
 use burn::tensor::backend::Backend;
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Int, Slice, Tensor, TensorData};
 
+use super::host_affine::{host_affine, host_affine_fits};
 use super::im2col::ConvGeometry;
 use super::im2col::{conv2d_im2col, im2col_fits};
 use super::pool::max_pool2d_host;
+use super::tiled_conv::{tiled_conv2d, tiled_conv_geometry};
 use super::train_conv::train_conv_geometry;
 use super::{
     subsample_strided_pointwise_in_training, AutodiffKernels, FastPath, FastPaths, MAX_CONCURRENT_ELEMENTS,
@@ -86,7 +89,8 @@ impl<B: Backend> Kernels<B> {
     }
 
     /// `conv.forward(x)`, or one im2col matrix product when the whole batch is one image
-    /// ([`FastPath::OneImageIm2col`]).
+    /// ([`FastPath::OneImageIm2col`]), or burn-flex's tiles on the host
+    /// ([`FastPath::HostTiledConv`]).
     ///
     /// # Shapes
     /// - `x`: `[batch_size, channels_in, height, width]`
@@ -97,7 +101,17 @@ impl<B: Backend> Kernels<B> {
         } else if self.im2col_applies(conv, x.dims()) {
             conv2d_im2col(conv, x)
         } else {
-            conv.forward(x)
+            self.forward(conv, x)
+        }
+    }
+
+    /// `conv.forward(x)`: burn-flex's tiles on the host where [`FastPath::HostTiledConv`]
+    /// applies (the same values), Burn's convolution otherwise.
+    fn forward(&self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        let tiled = self.fast.contains(FastPath::HostTiledConv).then(|| tiled_conv_geometry(conv, x.dims()));
+        match tiled.flatten() {
+            Some(geometry) => tiled_conv2d(conv, x, geometry),
+            None => conv.forward(x),
         }
     }
 
@@ -112,13 +126,13 @@ impl<B: Backend> Kernels<B> {
         train_conv_geometry(conv, input_dims).map(|g| (kernels, g))
     }
 
-    /// The stem convolution: [`Kernels::conv`] in training, Burn's convolution in inference at
-    /// every batch size (the one-image im2col was measured on the paths only, and would change
-    /// the numbers of a batch-1 pass).
+    /// The stem convolution: [`Kernels::conv`] in training, Burn's convolution's values in
+    /// inference at every batch size (the one-image im2col was measured on the paths only, and
+    /// would change the numbers of a batch-1 pass; burn-flex's tiles on the host keep them).
     pub fn stem_conv(&self, conv: &Conv2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
         match self.train_conv_applies(conv, x.dims()) {
             Some((kernels, geometry)) => kernels.conv(conv, x, geometry),
-            None => conv.forward(x),
+            None => self.forward(conv, x),
         }
     }
 
@@ -160,7 +174,7 @@ impl<B: Backend> Kernels<B> {
             let x = x.select(2, every(height, sh)).select(3, every(width, sw));
             conv2d(x, conv.weight.val(), None, ConvOptions::new([1, 1], [0, 0], [1, 1], 1))
         } else {
-            conv.forward(x)
+            self.forward(conv, x)
         }
     }
 
@@ -182,9 +196,27 @@ impl<B: Backend> Kernels<B> {
                 _ => bn.forward(x),
             };
         }
+        self.inference_norm(bn, x, false)
+    }
+
+    /// `relu(self.norm(bn, x))`; in inference on the host one pass ([`FastPath::HostAffine`]).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch_size, channels, height, width]`
+    /// - output: same as `x`
+    pub fn norm_relu(&self, bn: &BatchNorm2d<B>, x: Tensor<B, 4>) -> Tensor<B, 4> {
+        if self.inference {
+            self.inference_norm(bn, x, true)
+        } else {
+            activation::relu(self.norm(bn, x))
+        }
+    }
+
+    /// An inference batch norm with the affine computed once per pass, and the ReLU if `relu`.
+    fn inference_norm(&self, bn: &BatchNorm2d<B>, x: Tensor<B, 4>, relu: bool) -> Tensor<B, 4> {
         let key = bn.gamma.id;
         let cached = self.affines.lock().expect("affine cache").get(&key).cloned();
-        let affine = match cached {
+        let (scale, shift) = match cached {
             Some(affine) => affine,
             None => {
                 // computed outside the lock: a concurrent branch may compute it too, to the same values
@@ -192,7 +224,15 @@ impl<B: Backend> Kernels<B> {
                 self.affines.lock().expect("affine cache").entry(key).or_insert(affine).clone()
             }
         };
-        BatchNorm2d::apply_affine(x, &affine)
+        if self.fast.contains(FastPath::HostAffine) && host_affine_fits(&x) {
+            return host_affine(x, scale, shift, relu);
+        }
+        let y = BatchNorm2d::apply_affine(x, &(scale, shift));
+        if relu {
+            activation::relu(y)
+        } else {
+            y
+        }
     }
 
     /// `pool.forward(x)`, or the pool on the host buffer ([`FastPath::HostMaxPool`]) when its

@@ -17,9 +17,11 @@ mod autodiff;
 mod branches;
 mod devices;
 mod gemm;
+mod host_affine;
 mod im2col;
 mod kernels;
 mod pool;
+mod tiled_conv;
 mod train_conv;
 mod train_norm;
 
@@ -50,6 +52,12 @@ pub enum FastPath {
     OneImageIm2col,
     /// The stem's max pool runs on the host buffer in inference.
     HostMaxPool,
+    /// In inference, spatial convolutions of a batch run as burn-flex's own tiles of im2col and
+    /// matrix product, bit for bit, without its serial layout change and buffers
+    /// (`backend/tiled_conv.rs`).
+    HostTiledConv,
+    /// In inference, a batch norm and the ReLU after it run as one pass over the host buffer.
+    HostAffine,
     /// A strided 1x1 projection subsamples its input first and runs a pointwise convolution.
     SubsampledProjection,
     /// In training, convolutions run as an autodiff operation whose backward is a host im2col,
@@ -67,10 +75,12 @@ pub enum FastPath {
 
 impl FastPath {
     /// Every fast path.
-    pub const ALL: [FastPath; 7] = [
+    pub const ALL: [FastPath; 9] = [
         Self::ConcurrentBranches,
         Self::OneImageIm2col,
         Self::HostMaxPool,
+        Self::HostTiledConv,
+        Self::HostAffine,
         Self::SubsampledProjection,
         Self::MatmulConv,
         Self::HostBatchNorm,
@@ -93,6 +103,8 @@ impl FastPath {
             Self::ConcurrentBranches => "concurrent-branches",
             Self::OneImageIm2col => "one-image-im2col",
             Self::HostMaxPool => "host-max-pool",
+            Self::HostTiledConv => "host-tiled-conv",
+            Self::HostAffine => "host-affine",
             Self::SubsampledProjection => "subsampled-projection",
             Self::MatmulConv => "matmul-conv",
             Self::HostBatchNorm => "host-batch-norm",
@@ -112,6 +124,14 @@ impl FastPath {
                  so one image leaves a core idle"
             }
             Self::HostMaxPool => "burn-flex's max_pool2d always computes argmax indices in a branchy scalar kernel",
+            Self::HostTiledConv => {
+                "burn-flex's conv2d converts the whole batch to NHWC on one thread, zeroes an im2col buffer \
+                 per tile and copies each tile's product out of a buffer of its own"
+            }
+            Self::HostAffine => {
+                "burn-flex has no fused multiply-add of a per-channel affine: a batch norm's scale and \
+                 shift, and the ReLU after it, are three passes, each writing a new buffer"
+            }
             Self::SubsampledProjection => {
                 "burn-flex runs a strided 1x1 convolution through im2col with a serial layout change of \
                  the whole input"
@@ -132,14 +152,14 @@ impl FastPath {
         }
     }
 
-    fn bit(self) -> u8 {
+    fn bit(self) -> u16 {
         1 << (self as u8)
     }
 }
 
 /// A set of [`FastPath`]s: what applies to one backend and device.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct FastPaths(u8);
+pub struct FastPaths(u16);
 
 impl FastPaths {
     /// No fast path: Burn's own operations everywhere.
@@ -176,6 +196,8 @@ impl FastPaths {
                 .with(FastPath::ConcurrentBranches)
                 .with(FastPath::OneImageIm2col)
                 .with(FastPath::HostMaxPool)
+                .with(FastPath::HostTiledConv)
+                .with(FastPath::HostAffine)
                 .with(FastPath::SubsampledProjection)
                 .with(FastPath::GroupedSparse),
             "ndarray" => Self::NONE.with(FastPath::ConcurrentBranches),

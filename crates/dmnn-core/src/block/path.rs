@@ -6,7 +6,6 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
-use burn::tensor::activation::relu;
 use burn::tensor::backend::Backend;
 use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
@@ -150,15 +149,15 @@ pub enum Path<B: Backend> {
 
 impl<B: Backend> BasicPath<B> {
     fn forward_with(&self, x: Tensor<B, 4>, k: &Kernels<B>) -> Tensor<B, 4> {
-        let x = relu(k.norm(&self.bn1, k.conv(&self.conv1, x)));
+        let x = k.norm_relu(&self.bn1, k.conv(&self.conv1, x));
         k.norm(&self.bn2, k.conv(&self.conv2, x))
     }
 }
 
 impl<B: Backend> BottleneckPath<B> {
     fn forward_with(&self, x: Tensor<B, 4>, k: &Kernels<B>) -> Tensor<B, 4> {
-        let x = relu(k.norm(&self.bn1, k.conv(&self.conv1, x)));
-        let x = relu(k.norm(&self.bn2, k.conv(&self.conv2, x)));
+        let x = k.norm_relu(&self.bn1, k.conv(&self.conv1, x));
+        let x = k.norm_relu(&self.bn2, k.conv(&self.conv2, x));
         k.norm(&self.bn3, k.conv(&self.conv3, x))
     }
 }
