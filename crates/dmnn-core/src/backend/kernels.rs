@@ -268,6 +268,25 @@ impl<B: Backend> Kernels<B> {
         self.fast.contains(FastPath::ConcurrentBranches)
             && (MIN_CONCURRENT_ELEMENTS..=MAX_CONCURRENT_ELEMENTS).contains(&elements)
     }
+
+    /// Whether the sample groups of a block whose larger activation (whole batch) has
+    /// `elements` elements run concurrently ([`FastPath::ConcurrentBranches`], from
+    /// [`MIN_CONCURRENT_ELEMENTS`] up, with no upper bound). The groups split the batch, so two
+    /// in flight hold two groups' intermediates, not another block-sized output as a branch
+    /// does; and on the large blocks where branches run one after the other, one group's
+    /// operations alone leave a core idle.
+    pub fn concurrent_groups(&self, elements: usize) -> bool {
+        self.fast.contains(FastPath::ConcurrentBranches) && elements >= MIN_CONCURRENT_ELEMENTS
+    }
+
+    /// Whether a static block (every path on) over `batch_size` samples runs its batch as two
+    /// concurrent halves: a block above [`MAX_CONCURRENT_ELEMENTS`], whose branches run one
+    /// after the other ([`Kernels::concurrent`]), with at least two samples. The static network
+    /// so gets what sparse execution's concurrent sample groups get
+    /// ([`Kernels::concurrent_groups`]), and stays the baseline to beat.
+    pub fn splits_static_batch(&self, elements: usize, batch_size: usize) -> bool {
+        self.concurrent_groups(elements) && !self.concurrent(elements) && batch_size >= 2
+    }
 }
 
 #[cfg(test)]
@@ -284,6 +303,22 @@ mod tests {
         assert!(!flex.concurrent(MAX_CONCURRENT_ELEMENTS + 1));
         assert!(!Kernels::<Autodiff<Flex>>::probe(&device, 4).concurrent(4 * 16 * 32 * 32));
         assert!(!Kernels::<Flex>::new(&device, 4, FastPaths::NONE).concurrent(4 * 16 * 32 * 32));
+    }
+
+    #[test]
+    fn sample_groups_run_concurrently_on_large_blocks_too() {
+        let device = Default::default();
+        let flex = Kernels::<Flex>::probe(&device, 16);
+        let large = MAX_CONCURRENT_ELEMENTS + 1;
+        assert!(flex.concurrent_groups(4 * 16 * 32 * 32) && flex.concurrent_groups(large));
+        assert!(!flex.concurrent_groups(16 * 14 * 14));
+        // a static block splits its batch only where its branches do not run concurrently
+        assert!(flex.splits_static_batch(large, 2));
+        assert!(!flex.splits_static_batch(large, 1));
+        assert!(!flex.splits_static_batch(4 * 16 * 32 * 32, 4));
+        assert!(!Kernels::<Autodiff<Flex>>::probe(&device, 16).concurrent_groups(large));
+        assert!(!Kernels::<Autodiff<Flex>>::probe(&device, 16).splits_static_batch(large, 16));
+        assert!(!Kernels::<Flex>::new(&device, 16, FastPaths::NONE).splits_static_batch(large, 16));
     }
 
     #[test]

@@ -29,10 +29,31 @@ pub(crate) fn run_block<B: Backend>(
     kernels: &Kernels<B>,
 ) -> GroupedBatch<B> {
     match (gates, mode) {
-        (None, _) => batch.map(|_, x| block.forward_with(x, kernels)),
+        (None, _) => {
+            let elements = block.largest_activation(batch.dims());
+            if batch.is_whole() && kernels.splits_static_batch(elements, batch.batch_size()) {
+                static_in_halves(block, batch, kernels)
+            } else {
+                batch.map(|_, x| block.forward_with(x, kernels))
+            }
+        }
         (Some(gates), ExecutionMode::Sparse) => sparse_grouped(block, batch, gates, kernels),
         (Some(gates), _) => GroupedBatch::new(masked_with(block, batch.into_tensor(), gates, kernels)),
     }
+}
+
+/// The static `block` on the two halves of a whole batch, as concurrent sample groups
+/// ([`Kernels::splits_static_batch`]). The halves stay groups for the blocks after it; every
+/// sample gets what the whole batch would give it, bit for bit (a sample's values do not depend
+/// on the rest of its batch).
+fn static_in_halves<B: Backend>(
+    block: &MultiPathBlock<B>,
+    batch: GroupedBatch<B>,
+    kernels: &Kernels<B>,
+) -> GroupedBatch<B> {
+    let n = batch.batch_size();
+    let halves: Vec<PathPattern> = (0..n).map(|b| PathPattern::from(b >= n / 2)).collect();
+    batch.regroup_map(&halves, true, |_, x| block.forward_with(x, kernels))
 }
 
 #[cfg(test)]
@@ -123,6 +144,35 @@ mod tests {
         let g = gates::<B>(&[&[1.0, 0.0], &[1.0, 1.0], &[1.0, 1.0]]);
         let masked = masked(&block, x.clone(), g.clone()).into_data();
         sparse(&block, x, g).into_data().assert_eq(&masked, true);
+    }
+
+    /// A static block run on the two halves of its batch, concurrently, gives every sample what
+    /// the whole batch gives it, to the bit, and the network puts the rows back in order.
+    #[test]
+    fn a_static_batch_in_halves_computes_what_the_whole_batch_does() {
+        let device = Default::default();
+        let kernels = Kernels::<B>::probe(&device, 5);
+        for c in configs() {
+            let block = c.init::<B>(&device);
+            let x = input::<B>(&c, 5);
+            let whole = block.forward_with(x.clone(), &kernels).into_data();
+            let halves = static_in_halves(&block, GroupedBatch::new(x), &kernels);
+            assert_eq!(
+                halves.groups().iter().map(|g| g.samples.clone()).collect::<Vec<_>>(),
+                [vec![0, 1], vec![2, 3, 4]]
+            );
+            halves.into_tensor().into_data().assert_eq(&whole, true);
+        }
+        // a block too large for concurrent branches: the executor splits the batch
+        let block = MultiPathBlockConfig::split(BlockKind::Basic, 8, 8, 8, 2).init::<B>(&device);
+        let x = Tensor::<B, 4>::random([2, 8, 520, 520], Distribution::Normal(0.0, 1.0), &device);
+        let kernels = Kernels::<B>::probe(&device, 2);
+        assert!(kernels.splits_static_batch(block.largest_activation(x.dims()), 2));
+        let run = run_block(ExecutionMode::Sparse, &block, GroupedBatch::new(x.clone()), None, &kernels);
+        assert_eq!(run.groups().len(), 2);
+        let one_by_one: Vec<Tensor<B, 4>> =
+            (0..2).map(|b| block.forward_with(x.clone().slice([b..b + 1]), &Kernels::probe(&device, 2))).collect();
+        run.into_tensor().into_data().assert_eq(&Tensor::cat(one_by_one, 0).into_data(), true);
     }
 
     /// Inputs large enough for concurrent branches give the sums of the paths run one by one,

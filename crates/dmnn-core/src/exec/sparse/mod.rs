@@ -40,7 +40,9 @@ pub fn sparse<B: Backend>(block: &MultiPathBlock<B>, input: Tensor<B, 4>, gates:
 
 /// Sparse execution on a grouped batch: reads the gates back once, regroups the samples by gate
 /// pattern and runs every group's open paths on the group's own tensor as soon as it is
-/// gathered ([`GroupedBatch::regroup_map`]).
+/// gathered ([`GroupedBatch::regroup_map`]); the groups run concurrently where
+/// [`Kernels::concurrent_groups`] says so, the branches of a group where
+/// [`Kernels::concurrent`] does.
 ///
 /// # Shapes
 /// - `gates`: `[batch_size, num_paths]`, rows in the caller's order
@@ -63,8 +65,9 @@ pub fn sparse_grouped<B: Backend>(
         let (batch, patterns) = batch.regroup(&patterns);
         return autodiff::sparse_autodiff(block, batch, &patterns, gates, kernels);
     }
-    let concurrent = kernels.concurrent(block.largest_activation(batch.dims()));
-    batch.regroup_map(&patterns, concurrent, |pattern, x| {
+    let elements = block.largest_activation(batch.dims());
+    let concurrent = kernels.concurrent(elements);
+    batch.regroup_map(&patterns, kernels.concurrent_groups(elements), |pattern, x| {
         let on: Vec<usize> = (0..block.num_paths()).filter(|i| pattern >> i & 1 == 1).collect();
         block.residual(x, &on, &|_, y| y, kernels, concurrent)
     })
