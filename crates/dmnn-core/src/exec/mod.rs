@@ -31,8 +31,8 @@ pub(crate) fn run_block<B: Backend>(
     match (gates, mode) {
         (None, _) => {
             let elements = block.largest_activation(batch.dims());
-            if batch.is_whole() && kernels.splits_static_batch(elements, batch.batch_size()) {
-                static_in_halves(block, batch, kernels)
+            if kernels.splits_static_batch(elements, batch.batch_size()) {
+                static_concurrent(block, batch, kernels)
             } else {
                 batch.map(|_, x| block.forward_with(x, kernels))
             }
@@ -42,18 +42,24 @@ pub(crate) fn run_block<B: Backend>(
     }
 }
 
-/// The static `block` on the two halves of a whole batch, as concurrent sample groups
-/// ([`Kernels::splits_static_batch`]). The halves stay groups for the blocks after it; every
-/// sample gets what the whole batch would give it, bit for bit (a sample's values do not depend
-/// on the rest of its batch).
-fn static_in_halves<B: Backend>(
+/// The static `block` on the groups of `batch` as concurrent tasks, a whole batch split into two
+/// halves first ([`Kernels::splits_static_batch`]). The halves stay groups for the blocks after
+/// it; every sample gets what the whole batch would give it, bit for bit (a sample's values do
+/// not depend on the rest of its batch).
+fn static_concurrent<B: Backend>(
     block: &MultiPathBlock<B>,
     batch: GroupedBatch<B>,
     kernels: &Kernels<B>,
 ) -> GroupedBatch<B> {
-    let n = batch.batch_size();
-    let halves: Vec<PathPattern> = (0..n).map(|b| PathPattern::from(b >= n / 2)).collect();
-    batch.regroup_map(&halves, true, |_, x| block.forward_with(x, kernels))
+    let batch = if batch.is_whole() {
+        let n = batch.batch_size();
+        // one run of rows per half: slices of the batch, no copy
+        let halves: Vec<PathPattern> = (0..n).map(|b| PathPattern::from(b >= n / 2)).collect();
+        batch.regroup(&halves).0
+    } else {
+        batch
+    };
+    batch.map_concurrent(true, |x| block.forward_with(x, kernels))
 }
 
 #[cfg(test)]
@@ -147,7 +153,8 @@ mod tests {
     }
 
     /// A static block run on the two halves of its batch, concurrently, gives every sample what
-    /// the whole batch gives it, to the bit, and the network puts the rows back in order.
+    /// the whole batch gives it, to the bit; the halves stay concurrent groups for the next block,
+    /// and the rows go back in order.
     #[test]
     fn a_static_batch_in_halves_computes_what_the_whole_batch_does() {
         let device = Default::default();
@@ -156,23 +163,31 @@ mod tests {
             let block = c.init::<B>(&device);
             let x = input::<B>(&c, 5);
             let whole = block.forward_with(x.clone(), &kernels).into_data();
-            let halves = static_in_halves(&block, GroupedBatch::new(x), &kernels);
+            let halves = static_concurrent(&block, GroupedBatch::new(x), &kernels);
             assert_eq!(
                 halves.groups().iter().map(|g| g.samples.clone()).collect::<Vec<_>>(),
                 [vec![0, 1], vec![2, 3, 4]]
             );
             halves.into_tensor().into_data().assert_eq(&whole, true);
         }
-        // a block too large for concurrent branches: the executor splits the batch
+        // two blocks too large for concurrent branches: the executor splits the batch at the
+        // first and keeps the halves through the second
         let block = MultiPathBlockConfig::split(BlockKind::Basic, 8, 8, 8, 2).init::<B>(&device);
         let x = Tensor::<B, 4>::random([2, 8, 520, 520], Distribution::Normal(0.0, 1.0), &device);
         let kernels = Kernels::<B>::probe(&device, 2);
         assert!(kernels.splits_static_batch(block.largest_activation(x.dims()), 2));
-        let run = run_block(ExecutionMode::Sparse, &block, GroupedBatch::new(x.clone()), None, &kernels);
-        assert_eq!(run.groups().len(), 2);
-        let one_by_one: Vec<Tensor<B, 4>> =
-            (0..2).map(|b| block.forward_with(x.clone().slice([b..b + 1]), &Kernels::probe(&device, 2))).collect();
-        run.into_tensor().into_data().assert_eq(&Tensor::cat(one_by_one, 0).into_data(), true);
+        let first = run_block(ExecutionMode::Masked, &block, GroupedBatch::new(x.clone()), None, &kernels);
+        assert_eq!(first.groups().len(), 2);
+        let second = run_block(ExecutionMode::Masked, &block, first, None, &kernels);
+        assert_eq!(second.groups().len(), 2);
+        let one_by_one: Vec<Tensor<B, 4>> = (0..2)
+            .map(|b| {
+                let image_kernels = Kernels::probe(&device, 2);
+                let y = block.forward_with(x.clone().slice([b..b + 1]), &image_kernels);
+                block.forward_with(y, &image_kernels)
+            })
+            .collect();
+        second.into_tensor().into_data().assert_eq(&Tensor::cat(one_by_one, 0).into_data(), true);
     }
 
     /// Inputs large enough for concurrent branches give the sums of the paths run one by one,

@@ -138,6 +138,12 @@ impl<B: Backend> GroupedBatch<B> {
         Self { batch_size: self.batch_size, groups }
     }
 
+    /// [`GroupedBatch::map`] with the groups as concurrent tasks when `concurrent`.
+    pub fn map_concurrent(self, concurrent: bool, f: impl Fn(Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
+        let groups = map_branches(self.groups, concurrent, |g| SampleGroup { x: f(g.x), samples: g.samples });
+        Self { batch_size: self.batch_size, groups }
+    }
+
     /// The shape of the batch as one tensor, `[batch_size, channels, height, width]` (all zeros
     /// for a batch without groups).
     pub fn dims(&self) -> [usize; 4] {
