@@ -59,7 +59,7 @@ fn static_concurrent<B: Backend>(
     } else {
         batch
     };
-    batch.map_concurrent(true, |x| block.forward_with(x, kernels))
+    batch.map_concurrent(|x| block.forward_with(x, kernels))
 }
 
 #[cfg(test)]

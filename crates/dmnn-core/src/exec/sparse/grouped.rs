@@ -138,9 +138,9 @@ impl<B: Backend> GroupedBatch<B> {
         Self { batch_size: self.batch_size, groups }
     }
 
-    /// [`GroupedBatch::map`] with the groups as concurrent tasks when `concurrent`.
-    pub fn map_concurrent(self, concurrent: bool, f: impl Fn(Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
-        let groups = map_branches(self.groups, concurrent, |g| SampleGroup { x: f(g.x), samples: g.samples });
+    /// [`GroupedBatch::map`] with the groups as concurrent tasks.
+    pub fn map_concurrent(self, f: impl Fn(Tensor<B, 4>) -> Tensor<B, 4> + Sync + Send) -> Self {
+        let groups = map_branches(self.groups, true, |g| SampleGroup { x: f(g.x), samples: g.samples });
         Self { batch_size: self.batch_size, groups }
     }
 
