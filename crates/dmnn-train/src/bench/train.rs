@@ -58,12 +58,15 @@ impl TrainCase {
     /// # Errors
     /// An unknown preset, or replicas that do not divide the batch.
     pub fn config(&self) -> Result<TrainConfig> {
-        let model = DmnnConfig::preset(&self.model).map_err(dmnn_core::ConfigError::from)?;
+        let mut model = DmnnConfig::preset(&self.model).map_err(dmnn_core::ConfigError::from)?;
         let mut config = if self.image_size == 224 {
             TrainConfig::imagenet(Default::default())
         } else {
-            let mut main_job = TrainConfig::fashion_mnist();
-            main_job.model.image_size = self.image_size;
+            let main_job = TrainConfig::fashion_mnist();
+            if main_job.model.name == model.name {
+                // the main job's step: its model, controllers as the main job sets them
+                model.controller = main_job.model.controller.clone();
+            }
             main_job
         };
         config.model = DmnnConfig { image_size: self.image_size, ..model };
@@ -430,6 +433,20 @@ mod tests {
         let err = TrainCase::new("dmnn_small", 28, 127, 2).config().unwrap_err().to_string();
         assert!(err.contains("replicas=2") && err.contains("batch_size=127"), "{err}");
         assert!(TrainCase::new("nope", 28, 8, 1).config().is_err());
+    }
+
+    /// The main job's case trains the main job's model (its controllers as the main job sets
+    /// them); another preset's case keeps the preset's.
+    #[test]
+    fn the_main_job_case_trains_the_main_jobs_model() {
+        let main_job = TrainConfig::fashion_mnist();
+        let case = TrainCase::new(&main_job.model.name, 28, 128, 2).config().unwrap();
+        assert_eq!(case.model.to_string(), main_job.model.to_string());
+        let other = TrainCase::new("resnet_small", 28, 128, 2).config().unwrap();
+        assert_eq!(
+            other.model.to_string(),
+            DmnnConfig::preset("resnet_small").unwrap().with_image_size(28).to_string()
+        );
     }
 
     /// A real step on two replicas: the row parses back, its times add up, and the old-path
