@@ -58,16 +58,17 @@ impl TrainCase {
     /// # Errors
     /// An unknown preset, or replicas that do not divide the batch.
     pub fn config(&self) -> Result<TrainConfig> {
-        let mut model = DmnnConfig::preset(&self.model).map_err(dmnn_core::ConfigError::from)?;
         let mut config = if self.image_size == 224 {
             TrainConfig::imagenet(Default::default())
         } else {
-            let main_job = TrainConfig::fashion_mnist();
-            if main_job.model.name == model.name {
-                // the main job's step: its model, controllers as the main job sets them
-                model.controller = main_job.model.controller.clone();
-            }
-            main_job
+            TrainConfig::fashion_mnist()
+        };
+        // a case of the recipe's own model trains it as the recipe sets it (the main job's
+        // controllers), any other case the preset
+        let model = if config.model.name == self.model {
+            config.model.clone()
+        } else {
+            DmnnConfig::preset(&self.model).map_err(dmnn_core::ConfigError::from)?
         };
         config.model = DmnnConfig { image_size: self.image_size, ..model };
         config.batch_size = self.batch;
